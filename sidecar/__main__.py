@@ -1,0 +1,5 @@
+"""``python -m sidecar`` is ``ztr``."""
+
+from sidecar import cli
+
+raise SystemExit(cli.main())

@@ -1,0 +1,136 @@
+"""Argument parsing, wiring, and error -> exit code. The only module that decides how ztr exits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__, config as config_mod, logs
+from .config import SETTINGS, Config
+from .errors import EXIT_USAGE, ConfigError, ZtrError
+
+EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in ztr; the log line says what
+
+_SUMMARIES = {
+    "init": "load the secrets once, write them to a file or directory, exit",
+    "watch": "write the secrets, keep them current, serve metrics and health",
+    "run": "start a command with the secrets in its environment and supervise it",
+    "check": "check access to every declared secret without printing a value",
+    "iam-policy": "print the least-privilege IAM policy the declared secrets need",
+    "demo": "show ztr at work against an embedded Secrets Manager (no AWS account)",
+    "plan": "API calls, quota use and monthly cost for a fleet",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (exit 64, one line) instead of printing usage + exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built from the settings table (each flag has its ZTR_* twin)."""
+    parser = _Parser(prog="ztr", description="Secrets from AWS Secrets Manager for containers.",
+                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"ztr {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in config_mod.COMMANDS:
+        sub = commands.add_parser(name, help=_SUMMARIES[name], description=_SUMMARIES[name],
+                                  allow_abbrev=False)
+        for setting in SETTINGS:
+            if name not in setting.commands:
+                continue
+            help_text = f"{setting.help} [{setting.env}]"
+            if setting.switch:
+                sub.add_argument(setting.flag, dest=setting.key, action="store_const",
+                                 const="true", default=None, help=help_text)
+            elif setting.repeat:
+                sub.add_argument(setting.flag, dest=setting.key, action="append", default=None,
+                                 metavar=setting.metavar, help=help_text)
+            else:
+                sub.add_argument(setting.flag, dest=setting.key, default=None,
+                                 metavar=setting.metavar or setting.key.upper(), help=help_text)
+        if name == "run":
+            sub.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    return parser
+
+
+def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], list[str]]:
+    """Split argv into the command, its flags (setting key -> raw value) and the app command."""
+    argv = list(argv)
+    app: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, app = argv[:cut], argv[cut + 1 :]
+    namespace = build_parser().parse_args(argv)
+    if namespace.command is None:
+        raise ConfigError("ztr: a command is needed: " + ", ".join(config_mod.COMMANDS)
+                          + " (see ztr --help)")
+    flags = vars(namespace)
+    command = flags.pop("command")
+    app = list(flags.pop("command_args", None) or []) + app
+    return command, flags, app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``ztr``: returns the exit code (console script wrapper exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command, flags, app = parse(args)
+        config = config_mod.load(command, flags, app)
+    except ConfigError as exc:
+        print(f"ztr: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    redactor = logs.setup(config.log_format, config.log_level)
+    try:
+        from . import commands
+
+        return commands.dispatch(config, redactor)
+    except ZtrError as exc:
+        logs.error(str(exc), exit_code=exc.exit_code, error=type(exc).__name__)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback that may hold values
+        logs.error(f"internal error: {type(exc).__name__}", exit_code=EXIT_INTERNAL,
+                   where=_where(exc))
+        if config.log_level == "debug":
+            raise
+        return EXIT_INTERNAL
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "unknown"
+    return f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}"
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """``ztr-run ...`` is ``ztr run ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["run", *args])
+
+
+def entry() -> NoReturn:
+    raise SystemExit(main())
+
+
+def run_entry() -> NoReturn:
+    raise SystemExit(run_main())
+
+
+def elapsed_since(started: float) -> float:
+    return round(time.monotonic() - started, 4)
+
+
+def resolve_config(command: str, argv: Sequence[str], environ: dict[str, str]) -> Config:
+    """Parse and resolve exactly as the CLI does (manifest checks use this)."""
+    command_name, flags, app = parse([command, *argv])
+    return config_mod.load(command_name, flags, app, environ=environ)

@@ -1,0 +1,267 @@
+"""Turns declared bindings into variable values: expands prefixes and ``#*``, fetches with the
+retry policy, extracts JSON keys, and on refresh re-fetches only what really changed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import refs
+from .errors import ConfigError, SecretNotFoundError, SecretValueError, ZtrError
+from .retry import RetryPolicy
+from .source import FetchKey, SecretsManagerSource, SecretVersion, unique
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The secrets as last loaded. ``versions`` holds None for a missing optional secret."""
+
+    bindings: tuple[refs.Binding, ...]
+    versions: Mapping[FetchKey, SecretVersion | None]
+    values: Mapping[str, str] = field(repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.values)
+
+    def version_ids(self) -> dict[str, str]:
+        """Variable name -> version id: what logs, metrics and /refresh may show."""
+        out: dict[str, str] = {}
+        for binding in self.bindings:
+            version = self.versions.get(binding.ref.fetch_key)
+            if version is None:
+                continue
+            for name in _names_for(binding, version):
+                out[name] = version.version_id
+        return out
+
+    def secret_values(self) -> list[str]:
+        """Every loaded value, for the log redaction filter."""
+        return list(self.values.values())
+
+
+def _as_text(binding: refs.Binding, version: SecretVersion) -> str:
+    raw = version.value
+    if binding.ref.encoding == "base64":
+        data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+        return base64.b64encode(data).decode("ascii")
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretValueError(
+                f"{binding.name}: secret {version.name} is binary and not UTF-8 text: "
+                "add ?encoding=base64 to its reference to get base64 text"
+            ) from None
+    return raw
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _document(binding: refs.Binding, version: SecretVersion, text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        raise SecretValueError(
+            f"{binding.name}: secret {version.name} is not a JSON object, so "
+            f"#{binding.ref.key} cannot select a key: drop the #KEY or store JSON"
+        )
+    return document
+
+
+def extract(binding: refs.Binding, version: SecretVersion) -> list[tuple[str, str]]:
+    """The (variable, value) pairs a binding gives for one fetched version.
+
+    Raises SecretValueError when the value does not fit the reference.
+    """
+    text = _as_text(binding, version)
+    key = binding.ref.key
+    if key is None:
+        pairs = [(binding.name, text)]
+    else:
+        document = _document(binding, version, text)
+        if key == refs.ALL_KEYS:
+            pairs = [(refs.expand_key_name(binding.name, k), _json_text(v)) for k, v in document.items()]
+        elif key in document:
+            pairs = [(binding.name, _json_text(document[key]))]
+        else:
+            known = ", ".join(sorted(document)) or "none"
+            raise SecretValueError(
+                f"{binding.name}: secret {version.name} has no JSON key {key!r} (keys: {known})"
+            )
+    for name, value in pairs:
+        _check_env_safe(name, value, version.name)
+    return pairs
+
+
+def _check_env_safe(name: str, value: str, secret: str) -> None:
+    if "\x00" in value:
+        raise SecretValueError(
+            f"{name}: secret {secret} contains a NUL byte, which no environment variable or "
+            "env file can carry: store it base64-encoded and add ?encoding=base64"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SecretValueError(f"{name}: secret {secret} is not valid Unicode text") from None
+
+
+def _names_for(binding: refs.Binding, version: SecretVersion) -> list[str]:
+    try:
+        return [name for name, _ in extract(binding, version)]
+    except SecretValueError:
+        return []
+
+
+def build_values(
+    bindings: Sequence[refs.Binding], versions: Mapping[FetchKey, SecretVersion | None]
+) -> dict[str, str]:
+    """Variable values from fetched versions; two bindings that give one name are an error."""
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
+    for binding in bindings:
+        version = versions.get(binding.ref.fetch_key)
+        if version is None:
+            continue
+        for name, value in extract(binding, version):
+            if name in origins:
+                raise ConfigError(
+                    f"{name} is given twice: by {origins[name]} and by {binding.origin} "
+                    f"({binding.ref.secret_id}{'#' + binding.ref.key if binding.ref.key else ''})"
+                )
+            origins[name] = f"{binding.origin} ({binding.ref.secret_id})"
+            values[name] = value
+    return values
+
+
+class Loader:
+    """Loads and refreshes the declared secrets through a source and a retry policy."""
+
+    def __init__(
+        self,
+        source: SecretsManagerSource,
+        retry: RetryPolicy,
+        *,
+        bindings: Sequence[refs.Binding],
+        prefix: str | None,
+        timeout_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.retry = retry
+        self.declared = tuple(bindings)
+        self.prefix = prefix
+        self.timeout_seconds = timeout_seconds
+        self.clock = clock
+
+    def expand(self, deadline: float) -> tuple[refs.Binding, ...]:
+        """The declared bindings plus one per secret under ``prefix`` (listed, all pages)."""
+        if not self.prefix:
+            return self.declared
+        prefix = self.prefix
+        names = self.retry.call(lambda: self.source.list_names(prefix), deadline)
+        if not names:
+            raise SecretNotFoundError(
+                f"--prefix {prefix}: no secret name starts with it in {self.source.region}: "
+                "check the prefix and the region"
+            )
+        origin = f"--prefix {prefix}"
+        found = [
+            refs.Binding(refs.to_env_name(name[len(prefix):].lstrip("/")), refs.SecretRef(name), origin)
+            for name in names
+        ]
+        return self.declared + tuple(found)
+
+    def fetch(
+        self, bindings: Sequence[refs.Binding], keys: Iterable[FetchKey], deadline: float
+    ) -> dict[FetchKey, SecretVersion | ZtrError]:
+        wanted = unique(keys)
+        if not wanted:
+            return {}
+        return self.retry.call(lambda: self.source.get_many(wanted), deadline)
+
+    def load_all(self) -> tuple[tuple[refs.Binding, ...], dict[FetchKey, SecretVersion | ZtrError]]:
+        """Every declared secret's outcome, errors included (``ztr check`` reports them all)."""
+        deadline = self.clock() + self.timeout_seconds
+        bindings = self.expand(deadline)
+        return bindings, self.fetch(bindings, (b.ref.fetch_key for b in bindings), deadline)
+
+    def load(self) -> Snapshot:
+        """Load once. Raises the first required secret's error (in declaration order)."""
+        bindings, results = self.load_all()
+        versions = resolve_outcomes(bindings, results)
+        return Snapshot(bindings, versions, build_values(bindings, versions))
+
+    def refresh(self, previous: Snapshot) -> tuple[Snapshot, list[str]]:
+        """Check every unpinned secret's version (DescribeSecret); fetch only those that moved.
+
+        Returns the new snapshot and the variables whose value changed. Raises on any failure,
+        so the caller keeps the last good snapshot.
+        """
+        deadline = self.clock() + self.timeout_seconds
+        by_secret: dict[str, list[FetchKey]] = {}
+        for key in previous.versions:
+            if key[2] is None:  # version= pinned: cannot change by definition
+                by_secret.setdefault(key[0], []).append(key)
+        optional = _optional_keys(previous.bindings)
+        moved: list[FetchKey] = []
+        for secret_id, keys in by_secret.items():
+            try:
+                info = self.retry.call(lambda s=secret_id: self.source.describe(s), deadline)  # type: ignore[misc]
+            except SecretNotFoundError:
+                if all(previous.versions[k] is None and k in optional for k in keys):
+                    continue  # still missing, still optional
+                raise
+            stages = info.get("VersionIdsToStages") or {}
+            for key in keys:
+                stage = key[1] or refs.DEFAULT_STAGE
+                current = next((v for v, labels in stages.items() if stage in labels), None)
+                known = previous.versions[key]
+                if current != (known.version_id if known else None):
+                    moved.append(key)
+        if not moved:
+            return previous, []
+        results = self.fetch(previous.bindings, moved, deadline)
+        versions = dict(previous.versions)
+        versions.update(resolve_outcomes(
+            [b for b in previous.bindings if b.ref.fetch_key in results], results
+        ))
+        values = build_values(previous.bindings, versions)
+        changed = sorted(
+            name for name in set(values) | set(previous.values)
+            if values.get(name) != previous.values.get(name)
+        )
+        return Snapshot(previous.bindings, versions, values), changed
+
+
+def _optional_keys(bindings: Iterable[refs.Binding]) -> set[FetchKey]:
+    required = {b.ref.fetch_key for b in bindings if not b.ref.optional}
+    return {b.ref.fetch_key for b in bindings if b.ref.optional} - required
+
+
+def resolve_outcomes(
+    bindings: Sequence[refs.Binding], results: Mapping[FetchKey, SecretVersion | ZtrError]
+) -> dict[FetchKey, SecretVersion | None]:
+    """Keep versions; a missing optional secret becomes None; any other error raises."""
+    optional = _optional_keys(bindings)
+    versions: dict[FetchKey, SecretVersion | None] = {}
+    for binding in bindings:
+        key = binding.ref.fetch_key
+        outcome = results.get(key)
+        if isinstance(outcome, SecretNotFoundError) and key in optional:
+            versions[key] = None
+        elif isinstance(outcome, ZtrError):
+            raise outcome
+        elif outcome is not None:
+            versions[key] = outcome
+    return versions

@@ -1,0 +1,176 @@
+"""Env-file and directory writers: rendered formats, atomic replace, file mode, tmpfs check."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import OutputError
+
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def render_shell(values: Mapping[str, str]) -> bytes:
+    """``export NAME='...'`` lines: POSIX sh gives back the exact bytes for any value, since
+    nothing is special inside single quotes except the quote itself, closed and escaped."""
+    lines = [f"export {name}='" + value.replace("'", "'\\''") + "'\n" for name, value in sorted(values.items())]
+    return "".join(lines).encode("utf-8")
+
+
+def render_dotenv(values: Mapping[str, str]) -> bytes:
+    """Double-quoted dotenv: backslash, quote, CR and LF escaped (python-dotenv decodes these;
+    Node's dotenv and docker compose read the same lines)."""
+
+    def quote(value: str) -> str:
+        escaped = (
+            value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+        )
+        return f'"{escaped}"'
+
+    return "".join(f"{name}={quote(value)}\n" for name, value in sorted(values.items())).encode("utf-8")
+
+
+def render_json(values: Mapping[str, str]) -> bytes:
+    return (json.dumps(dict(sorted(values.items())), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+RENDERERS = {"shell": render_shell, "dotenv": render_dotenv, "json": render_json}
+
+
+def filesystem_type(path: str) -> str:
+    """The filesystem type of the mount holding ``path`` (longest mount point that prefixes it)."""
+    target = os.path.realpath(path)
+    best, best_type = "", "unknown"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            for line in handle:
+                left, _, right = line.partition(" - ")
+                mount_point = left.split()[4].replace("\\040", " ")
+                fs_type = right.split()[0] if right else "unknown"
+                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+                if inside and len(mount_point) >= len(best):
+                    best, best_type = mount_point, fs_type
+    except OSError:
+        return "unknown"
+    return best_type
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _fail(path: Path, action: str, exc: OSError) -> OutputError:
+    hints = {
+        errno.ENOSPC: "the filesystem is full: raise the emptyDir sizeLimit or tmpfs size",
+        errno.EROFS: "the filesystem is read-only: mount a writable tmpfs or emptyDir there",
+        errno.EACCES: "permission denied: check the directory's owner and the container's user",
+        errno.EPERM: "not permitted: setting an owner needs root",
+        errno.ENOENT: "the directory does not exist",
+    }
+    hint = hints.get(exc.errno or 0, exc.strerror or str(exc))
+    return OutputError(f"cannot {action} {path}: {hint}")
+
+
+class _AtomicFiles:
+    """Shared policy: tmpfs check, directory creation, and atomic, mode-correct writes."""
+
+    def __init__(self, *, mode: int, owner: tuple[int, int] | None, allow_disk: bool) -> None:
+        self.mode = mode
+        self.owner = owner
+        self.allow_disk = allow_disk
+
+    def ensure_directory(self, directory: Path) -> None:
+        if not self.allow_disk:
+            fs_type = filesystem_type(str(_existing_ancestor(directory)))
+            if fs_type not in MEMORY_FILESYSTEMS:
+                raise OutputError(
+                    f"{directory} is on {fs_type}, not tmpfs: secrets would reach a disk. Mount a "
+                    "tmpfs (emptyDir medium: Memory, --tmpfs) there, or pass --allow-disk "
+                    "(ZTR_ALLOW_DISK=true; Fargate has no tmpfs)"
+                )
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _fail(directory, "create directory", exc) from exc
+
+    def write(self, path: Path, data: bytes) -> bool:
+        """Replace ``path`` with ``data`` atomically; skip when the bytes are already there.
+
+        Temp file in the same directory, write, fsync, chmod/chown, rename: a concurrent reader
+        sees the old file or the new one, never a part. Returns whether it wrote.
+        """
+        try:
+            if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == self.mode:
+                return False
+        except OSError:
+            pass
+        temp = path.with_name(f".{path.name}.ztr-tmp-{os.getpid()}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+                os.fchmod(fd, self.mode)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+        except OSError as exc:
+            try:
+                temp.unlink()
+            except OSError:
+                pass
+            raise _fail(path, "write", exc) from exc
+        return True
+
+
+class EnvFileWriter:
+    """One env file in ``shell``, ``dotenv`` or ``json`` format."""
+
+    def __init__(self, path: str, fmt: str, *, mode: int = 0o600,
+                 owner: tuple[int, int] | None = None, allow_disk: bool = False) -> None:
+        self.path = Path(path)
+        self.render = RENDERERS[fmt]
+        self.files = _AtomicFiles(mode=mode, owner=owner, allow_disk=allow_disk)
+
+    def write(self, values: Mapping[str, str]) -> bool:
+        self.files.ensure_directory(self.path.parent)
+        return self.files.write(self.path, self.render(values))
+
+
+class DirectoryWriter:
+    """One file per variable, named after it, holding exactly the value (secrets-as-files)."""
+
+    def __init__(self, directory: str, *, mode: int = 0o600,
+                 owner: tuple[int, int] | None = None, allow_disk: bool = False) -> None:
+        self.directory = Path(directory)
+        self.files = _AtomicFiles(mode=mode, owner=owner, allow_disk=allow_disk)
+        self._written: set[str] = set()
+
+    def write(self, values: Mapping[str, str]) -> bool:
+        self.files.ensure_directory(self.directory)
+        changed = False
+        for name, value in sorted(values.items()):
+            changed |= self.files.write(self.directory / name, value.encode("utf-8"))
+        for gone in self._written - set(values):
+            try:
+                (self.directory / gone).unlink()
+                changed = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise _fail(self.directory / gone, "remove", exc) from exc
+        self._written = set(values)
+        return changed
+
+
+Writer = EnvFileWriter | DirectoryWriter

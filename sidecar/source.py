@@ -1,0 +1,358 @@
+"""Secrets Manager access: batch and single fetch, version checks, error translation.
+
+Knows nothing of processes or files. Every botocore error is translated here, by error code,
+into the error tree, and chained; messages name the secret and the likely fix, never a value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    AccessDeniedError,
+    ConfigError,
+    SecretNotFoundError,
+    TransientError,
+    ZtrError,
+)
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
+BATCH_LIMIT = 20  # BatchGetSecretValue's documented maximum ids per call
+
+FetchKey = tuple[str, "str | None", "str | None"]  # (secret id, stage, version)
+CallRecorder = Callable[[str, str], None]  # (operation, result)
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "InternalServiceError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+_DENIED_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "403",  # moto's IAM enforcement answers a bare 403 with an XML body
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+    }
+)
+_NETWORK_HINT = (
+    "check that a VPC endpoint for Secrets Manager exists or the subnet has a route out, "
+    "and that the security group allows HTTPS (443) out"
+)
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """One fetched secret version. ``value`` is SecretString (str) or SecretBinary (bytes)."""
+
+    secret_id: str
+    name: str
+    arn: str
+    version_id: str
+    value: str | bytes
+
+    def __repr__(self) -> str:  # the value never reaches a repr, a log or a traceback
+        return f"SecretVersion(name={self.name!r}, version_id={self.version_id!r})"
+
+
+def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -> BaseClient:
+    """A Secrets Manager client on boto3's default credential chain and endpoint settings.
+
+    Uses botocore's session (what boto3 wraps) directly: same credential chain, same
+    AWS_ENDPOINT_URL_SECRETS_MANAGER handling, without importing boto3's resource layer.
+    """
+    import botocore.config
+    import botocore.session
+
+    attempt_timeout = max(1.0, min(10.0, timeout_seconds))
+    config = botocore.config.Config(
+        region_name=region,
+        connect_timeout=min(5.0, attempt_timeout),
+        read_timeout=attempt_timeout,
+        # ztr's own tenacity policy does the patient retrying; botocore's stays small so
+        # the two do not multiply into a storm of attempts.
+        retries={"mode": "standard", "total_max_attempts": 2},
+        user_agent_extra="ztr",
+    )
+    session = botocore.session.get_session()
+    return session.create_client("secretsmanager", endpoint_url=endpoint_url, config=config)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
+
+
+def _status(exc: BaseException) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def arn_pattern(secret_id: str, region: str) -> str:
+    """The resource an IAM policy must allow for a secret named or ARN'd ``secret_id``."""
+    if secret_id.startswith("arn:"):
+        return secret_id
+    return f"arn:aws:secretsmanager:{region}:*:secret:{secret_id}-??????"
+
+
+class SecretsManagerSource:
+    """Reads secrets and their versions. Collaborators are injected: ``client``, ``record``."""
+
+    def __init__(
+        self,
+        client: BaseClient,
+        *,
+        region: str,
+        record: CallRecorder | None = None,
+    ) -> None:
+        self._client = client
+        self.region = region
+        self._record = record or (lambda operation, result: None)
+        self._batch_allowed = True
+        # Count every HTTP attempt, botocore's own retries included: that is what AWS bills.
+        client.meta.events.register_first("needs-retry.secrets-manager", self._on_attempt)
+
+    @property
+    def endpoint(self) -> str:
+        return str(self._client.meta.endpoint_url)
+
+    def _on_attempt(self, response: Any = None, operation: Any = None,
+                    caught_exception: BaseException | None = None, **_: Any) -> None:
+        name = getattr(operation, "name", "Unknown")
+        if caught_exception is not None:
+            result = "network_error"
+        elif response is not None:
+            http, parsed = response
+            code = (parsed or {}).get("Error", {}).get("Code")
+            result = "success" if http.status_code < 300 else str(code or http.status_code)
+        else:
+            result = "unknown"
+        self._record(name, result)
+
+    # -- translation -------------------------------------------------------------------
+
+    def translate(self, exc: BaseException, secret_id: str, action: str) -> ZtrError:
+        """Map a botocore exception for ``secret_id`` to the error tree (by error code)."""
+        from botocore import exceptions as bce
+
+        if isinstance(exc, ZtrError):
+            return exc
+        if isinstance(exc, bce.NoCredentialsError):
+            return AccessDeniedError(
+                f"{secret_id}: no AWS credentials found: give the pod or task an IAM role "
+                "(IRSA, EKS Pod Identity, ECS task role) or set AWS_PROFILE / access keys"
+            )
+        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectionError,
+                            bce.ReadTimeoutError, bce.ConnectTimeoutError,
+                            bce.ConnectionClosedError)):
+            return TransientError(
+                f"{secret_id}: cannot reach Secrets Manager at {self.endpoint} "
+                f"({type(exc).__name__}): {_NETWORK_HINT}"
+            )
+        code = _error_code(exc)
+        message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", ""))
+        status = _status(exc)
+        if code in _TRANSIENT_CODES or status >= 500:
+            return TransientError(
+                f"{secret_id}: Secrets Manager at {self.endpoint} answered {code} "
+                f"(HTTP {status}); retrying until the deadline"
+            )
+        if code == "DecryptionFailure" or (code in _DENIED_CODES and "kms" in message.lower()):
+            return AccessDeniedError(
+                f"{secret_id}: KMS refused to decrypt it ({code}): grant kms:Decrypt on the "
+                "secret's KMS key to the role ztr runs as"
+            )
+        if code in _DENIED_CODES or status == 403:
+            return AccessDeniedError(
+                f"{secret_id}: access denied ({code}): grant secretsmanager:{action} on "
+                f"{arn_pattern(secret_id, self.region)} to the role ztr runs as "
+                "(see `ztr iam-policy`)"
+            )
+        if code == "ResourceNotFoundException":
+            return SecretNotFoundError(f"{secret_id}: not found in {self.region}{self._similar(secret_id)}")
+        if code == "InvalidRequestException" and "delet" in message.lower():
+            return SecretNotFoundError(
+                f"{secret_id}: scheduled for deletion: restore it with "
+                f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
+            )
+        if code in ("InvalidParameterException", "InvalidRequestException", "ValidationException"):
+            return ConfigError(f"{secret_id}: Secrets Manager rejected the request ({code})")
+        return ZtrError(f"{secret_id}: unexpected error from Secrets Manager ({code}, HTTP {status})")
+
+    def _similar(self, secret_id: str) -> str:
+        """Best effort: the closest existing names under the same prefix, for the message."""
+        if secret_id.startswith("arn:"):
+            return ""
+        parent = secret_id.rpartition("/")[0]
+        try:
+            names = self.list_names(parent + "/" if parent else "", limit=200)
+        except Exception:  # noqa: BLE001 - a hint must never mask the real error
+            return ": check the name and the environment prefix"
+        close = difflib.get_close_matches(secret_id, names, n=3, cutoff=0.6)
+        if close:
+            return f"; did you mean {', '.join(close)}?"
+        return ": check the name and the environment prefix"
+
+    # -- reads -------------------------------------------------------------------------
+
+    def list_names(self, prefix: str, limit: int | None = None) -> list[str]:
+        """Names of every secret whose name starts with ``prefix`` (all pages)."""
+        names: list[str] = []
+        kwargs: dict[str, Any] = {"MaxResults": 100}
+        if prefix:
+            kwargs["Filters"] = [{"Key": "name", "Values": [prefix]}]
+        try:
+            while True:
+                page = self._client.list_secrets(**kwargs)
+                names.extend(
+                    entry["Name"] for entry in page.get("SecretList", [])
+                    if entry["Name"].startswith(prefix)
+                )
+                token = page.get("NextToken")
+                if not token or (limit is not None and len(names) >= limit):
+                    return sorted(names)
+                kwargs["NextToken"] = token
+        except Exception as exc:
+            raise self.translate(exc, prefix + "*", "ListSecrets") from exc
+
+    def get_one(self, key: FetchKey) -> SecretVersion:
+        secret_id, stage, version = key
+        kwargs: dict[str, Any] = {"SecretId": secret_id}
+        if stage:
+            kwargs["VersionStage"] = stage
+        if version:
+            kwargs["VersionId"] = version
+        try:
+            response = self._client.get_secret_value(**kwargs)
+        except Exception as exc:
+            raise self.translate(exc, secret_id, "GetSecretValue") from exc
+        return _to_version(secret_id, response)
+
+    def get_many(self, keys: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
+        """Fetch several secrets in as few calls as possible.
+
+        Secrets at AWSCURRENT go through BatchGetSecretValue, 20 ids a call; pinned stages
+        and versions through GetSecretValue. Per-secret failures come back as values; a
+        failure of a whole call (network, throttling) raises.
+        """
+        results: dict[FetchKey, SecretVersion | ZtrError] = {}
+        current = [key for key in keys if key[1] is None and key[2] is None]
+        single = [key for key in keys if key not in current]
+        if len(current) == 1:  # one id: GetSecretValue is the same single call, simpler IAM
+            single, current = single + current, []
+        for start in range(0, len(current), BATCH_LIMIT):
+            chunk = current[start : start + BATCH_LIMIT]
+            if self._batch_allowed:
+                try:
+                    results.update(self._batch(chunk))
+                    continue
+                except AccessDeniedError:
+                    # No BatchGetSecretValue permission: fall back to one call a secret.
+                    self._batch_allowed = False
+            single.extend(chunk)
+        for key in single:
+            try:
+                results[key] = self.get_one(key)
+            except TransientError:
+                raise
+            except ZtrError as exc:
+                results[key] = exc
+        return results
+
+    def _batch(self, chunk: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
+        by_id = {key[0]: key for key in chunk}
+        results: dict[FetchKey, SecretVersion | ZtrError] = {}
+        try:
+            response = self._client.batch_get_secret_value(SecretIdList=list(by_id))
+        except Exception as exc:
+            raise self.translate(exc, f"{len(chunk)} secrets", "BatchGetSecretValue") from exc
+        for entry in response.get("SecretValues", []):
+            key = _match(by_id, entry)
+            if key is not None:
+                results[key] = _to_version(key[0], entry)
+        for error in response.get("Errors", []):
+            key = by_id.get(error.get("SecretId", ""))
+            if key is None:
+                continue
+            fake = _FakeClientError(error.get("ErrorCode", ""), error.get("Message", ""))
+            results[key] = self.translate(fake, key[0], "GetSecretValue")
+        for key in chunk:  # an id in neither list: treat as not found rather than hang on it
+            results.setdefault(key, SecretNotFoundError(f"{key[0]}: not returned by Secrets Manager"))
+        return results
+
+    def current_version(self, secret_id: str, stage: str) -> str | None:
+        """The version id that carries ``stage`` now (DescribeSecret: no value transferred)."""
+        info = self.describe(secret_id)
+        for version_id, stages in (info.get("VersionIdsToStages") or {}).items():
+            if stage in stages:
+                return str(version_id)
+        return None
+
+    def describe(self, secret_id: str) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = self._client.describe_secret(SecretId=secret_id)
+        except Exception as exc:
+            raise self.translate(exc, secret_id, "DescribeSecret") from exc
+        if response.get("DeletedDate"):
+            raise SecretNotFoundError(
+                f"{secret_id}: scheduled for deletion: restore it with "
+                f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
+            )
+        return response
+
+
+class _FakeClientError(Exception):
+    """A batch ``Errors[]`` entry, shaped like a ClientError so one translator serves both."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}}
+
+
+def _match(by_id: dict[str, FetchKey], entry: dict[str, Any]) -> FetchKey | None:
+    for candidate in (entry.get("Name"), entry.get("ARN")):
+        if candidate in by_id:
+            return by_id[candidate]
+    arn = str(entry.get("ARN", ""))
+    for secret_id, key in by_id.items():  # a partial ARN (without the random suffix)
+        if secret_id.startswith("arn:") and arn.startswith(secret_id):
+            return key
+    return None
+
+
+def _to_version(secret_id: str, response: dict[str, Any]) -> SecretVersion:
+    value: str | bytes
+    if response.get("SecretString") is not None:
+        value = response["SecretString"]
+    else:
+        value = bytes(response.get("SecretBinary") or b"")
+    return SecretVersion(
+        secret_id=secret_id,
+        name=str(response.get("Name", secret_id)),
+        arn=str(response.get("ARN", "")),
+        version_id=str(response.get("VersionId", "")),
+        value=value,
+    )
+
+
+def unique(keys: Iterable[FetchKey]) -> list[FetchKey]:
+    return list(dict.fromkeys(keys))
