@@ -102,6 +102,55 @@ def write_all(writers: list[Writer], values: dict[str, str] | Any) -> list[str]:
     return written
 
 
+class StartupSignals:
+    """During the start-up load, SIGTERM/SIGINT stop the retry backoff at once (tenacity sleeps
+    on ``stop``) and the command exits 128+N without starting or writing anything."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self.stop.set()
+
+    def __enter__(self) -> StartupSignals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def exit_code(self) -> int | None:
+        if self.signum is None:
+            return None
+        logs.info("Stopped during start-up: nothing was started", signal=signal.Signals(self.signum).name)
+        return 128 + self.signum
+
+
+class StartupInterruptedError(Exception):
+    """SIGTERM or SIGINT arrived during the start-up load; ``code`` is 128+N."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def load_once(config: Config, redactor: logs.Redactor) -> Snapshot:
+    """The start-up load for init and run --once. Raises StartupInterruptedError on SIGTERM/SIGINT."""
+    with StartupSignals(threading.Event()) as startup:
+        try:
+            return load(make_loader(config, stop=startup.stop), redactor)
+        except ZtrError:
+            code = startup.exit_code()
+            if code is not None:
+                raise StartupInterruptedError(code) from None
+            raise
+
+
 def _disabled(config: Config) -> None:
     logs.info("AWS Secrets Manager disabled: contacting no AWS endpoint, environment unchanged",
               reason=config.disabled_reason)
@@ -115,7 +164,10 @@ def init(config: Config, redactor: logs.Redactor) -> int:
         _disabled(config)
         return 0
     writers = make_writers(config)
-    snapshot = load(make_loader(config), redactor)
+    try:
+        snapshot = load_once(config, redactor)
+    except StartupInterruptedError as exc:
+        return exc.code
     written = write_all(writers, snapshot.values)
     logs.info("Wrote secrets", outputs=[str(o) for o in (config.output, config.output_dir) if o],
               rewritten=bool(written), variables=snapshot.names)
@@ -215,6 +267,7 @@ class Runtime:
 
 
 def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Loader, Snapshot]:
+    """Metrics and endpoints up, then the first load. Raises StartupInterruptedError on SIGTERM/SIGINT."""
     from .metrics import Metrics
 
     metrics = Metrics()
@@ -224,7 +277,20 @@ def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Lo
     runtime.start_endpoints(ready=lambda: bool(loaded) and not (
         runtime.watcher is not None and runtime.watcher.stale))
     started = time.monotonic()
-    snapshot = load(loader, redactor)
+    with StartupSignals(runtime.stop) as startup:
+        try:
+            snapshot = load(loader, redactor)
+        except ZtrError:
+            runtime.shutdown()
+            code = startup.exit_code()
+            if code is not None:
+                raise StartupInterruptedError(code) from None
+            raise
+        code = startup.exit_code()
+    if code is not None:
+        runtime.shutdown()
+        raise StartupInterruptedError(code)
+    runtime.stop.clear()
     runtime.on_loaded(snapshot, time.monotonic() - started)
     loaded["first"] = snapshot
     return runtime, loader, snapshot
@@ -255,7 +321,10 @@ def watch(config: Config, redactor: logs.Redactor) -> int:
         runtime.shutdown()
         return 0
     writers = make_writers(config)
-    runtime, loader, snapshot = _start_runtime(config, redactor)
+    try:
+        runtime, loader, snapshot = _start_runtime(config, redactor)
+    except StartupInterruptedError as exc:
+        return exc.code
     try:
         write_all(writers, snapshot.values)
         logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
@@ -306,12 +375,18 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         return _supervise(config, env, None)
     if config.once:
         writers = make_writers(config)
-        snapshot = load(make_loader(config), redactor)
+        try:
+            snapshot = load_once(config, redactor)
+        except StartupInterruptedError as exc:
+            return exc.code
         write_all(writers, snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         return _exec(config.command_args, env)
     writers = make_writers(config)
-    runtime, loader, snapshot = _start_runtime(config, redactor)
+    try:
+        runtime, loader, snapshot = _start_runtime(config, redactor)
+    except StartupInterruptedError as exc:
+        return exc.code
     try:
         write_all(writers, snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
@@ -413,7 +488,8 @@ class Reactor:
         return None
 
     def _verify(self, env: dict[str, str], changed: list[str]) -> bool:
-        assert self.supervisor is not None and self.config.verify is not None
+        assert self.supervisor is not None
+        assert self.config.verify is not None
         code = self.supervisor.run_aside(["/bin/sh", "-c", self.config.verify], env,
                                          timeout=self.config.timeout_seconds)
         if code == 0:

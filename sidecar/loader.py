@@ -214,7 +214,7 @@ class Loader:
             if key[2] is None:  # version= pinned: cannot change by definition
                 by_secret.setdefault(key[0], []).append(key)
         optional = _optional_keys(previous.bindings)
-        moved: list[FetchKey] = []
+        moved: dict[FetchKey, str | None] = {}  # key -> the version id that carries its stage now
         for secret_id, keys in by_secret.items():
             try:
                 info = self.retry.call(lambda s=secret_id: self.source.describe(s), deadline)  # type: ignore[misc]
@@ -228,10 +228,10 @@ class Loader:
                 current = next((v for v, labels in stages.items() if stage in labels), None)
                 known = previous.versions[key]
                 if current != (known.version_id if known else None):
-                    moved.append(key)
+                    moved[key] = current
         if not moved:
             return previous, []
-        results = self.fetch(previous.bindings, moved, deadline)
+        results = self._fetch_moved(moved, deadline)
         versions = dict(previous.versions)
         versions.update(resolve_outcomes(
             [b for b in previous.bindings if b.ref.fetch_key in results], results
@@ -242,6 +242,22 @@ class Loader:
             if values.get(name) != previous.values.get(name)
         )
         return Snapshot(previous.bindings, versions, values), changed
+
+
+    def _fetch_moved(
+        self, moved: Mapping[FetchKey, str | None], deadline: float
+    ) -> dict[FetchKey, SecretVersion | ZtrError]:
+        """Fetch exactly the version DescribeSecret named (no race with a later move; changes
+        are rare, so one GetSecretValue each costs little). A stage that vanished is refetched
+        by stage, so its error is the one a start-up load would give."""
+        results: dict[FetchKey, SecretVersion | ZtrError] = {}
+        for key, version_id in moved.items():
+            exact: FetchKey = (key[0], None, version_id) if version_id else key
+            try:
+                results[key] = self.retry.call(lambda k=exact: self.source.get_one(k), deadline)  # type: ignore[misc]
+            except ZtrError as exc:
+                results[key] = exc
+        return results
 
 
 def _optional_keys(bindings: Iterable[refs.Binding]) -> set[FetchKey]:

@@ -96,7 +96,7 @@ class Watcher:
 
     def _next_wait(self) -> float:
         if self.failures:
-            backoff = FAILURE_BACKOFF_SECONDS * 2 ** (self.failures - 1)
+            backoff = FAILURE_BACKOFF_SECONDS * 2.0 ** min(self.failures - 1, 30)
             return min(self.interval, backoff) * self.rng.uniform(JITTER_LOW, 1.0)
         return self.interval * self.rng.uniform(JITTER_LOW, 1.0)
 
@@ -146,8 +146,10 @@ class Watcher:
         if changed:
             self.on_update(snapshot, changed)
             self._pending = sorted(set(self._pending) | set(changed))
-            if self._react_at is None:  # the first change opens the debounce window
-                self._react_at = self.clock() + self.debounce
+            # The first change opens the debounce window; later ones do not extend it, but a
+            # reaction postponed for longer (failed --verify, restart budget) is brought forward.
+            window_end = self.clock() + self.debounce
+            self._react_at = window_end if self._react_at is None else min(self._react_at, window_end)
         self.on_cycle(outcome)
         return outcome
 
