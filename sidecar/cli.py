@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import __version__, config as config_mod, logs
+from . import __version__, logs
+from . import config as config_mod
 from .config import SETTINGS, Config
 from .errors import EXIT_USAGE, ConfigError, ZtrError
 
@@ -95,7 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - one line, never a traceback that may hold values
+    except BrokenPipeError:
+        # stdout closed early (`ztr plan | head`): say nothing more, as the shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
+    except Exception as exc:  # one line, never a traceback: frames may hold values
         logs.error(f"internal error: {type(exc).__name__}", exit_code=EXIT_INTERNAL,
                    where=_where(exc))
         if config.log_level == "debug":

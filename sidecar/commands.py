@@ -71,7 +71,7 @@ def load(loader: Loader, redactor: logs.Redactor) -> Snapshot:
     started = time.monotonic()
     logs.info("Loading secrets from AWS Secrets Manager", region=loader.source.region,
               endpoint=loader.source.endpoint, declared=len(loader.declared),
-              prefix=loader.prefix)
+              **({"prefix": loader.prefix} if loader.prefix else {}))
     snapshot = loader.load()
     redactor.update(snapshot.secret_values())
     logs.info("Successfully loaded secrets from AWS Secrets Manager", loaded=snapshot.names,
@@ -327,14 +327,14 @@ def watch(config: Config, redactor: logs.Redactor) -> int:
         return exc.code
     try:
         write_all(writers, snapshot.values)
-        logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
-                  refresh_interval_seconds=config.refresh_interval_seconds)
 
         def react(new: Snapshot, changed: list[str]) -> float | None:
             notify(config, changed)
             return None
 
         runtime.start_watcher(loader, snapshot, writers, react)
+        logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
+                  refresh_interval_seconds=config.refresh_interval_seconds)
         _wait_for_stop(runtime.stop)
     finally:
         runtime.shutdown()

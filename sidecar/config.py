@@ -20,6 +20,7 @@ COMMANDS = ("init", "watch", "run", "check", "iam-policy", "demo", "plan")
 _LOADING = frozenset({"init", "watch", "run", "check", "iam-policy"})
 _OUTPUT = frozenset({"init", "watch", "run"})
 _REFRESH = frozenset({"watch", "run"})
+_PLANNED = _REFRESH | {"plan"}
 _LOGGING = _LOADING | {"demo", "plan"}
 
 FORMATS = ("shell", "dotenv", "json")
@@ -155,10 +156,7 @@ def parse_on_change(raw: Any, where: str) -> OnChange:
 
 
 def _parse_list(raw: Any, where: str) -> tuple[str, ...]:
-    if isinstance(raw, (list, tuple)):
-        items = [str(item) for item in raw]
-    else:
-        items = refs.split_entries(str(raw))
+    items = [str(item) for item in raw] if isinstance(raw, (list, tuple)) else refs.split_entries(str(raw))
     return tuple(item.strip() for item in items if item.strip())
 
 
@@ -227,7 +225,7 @@ SETTINGS: tuple[Setting, ...] = (
             _OUTPUT, switch=True),
     # Refresh.
     Setting("refresh_interval", parse_duration, 300.0, "how often to check for rotation",
-            _REFRESH, metavar="DURATION"),
+            _PLANNED, metavar="DURATION"),
     Setting("max_stale", parse_duration, None,
             "stale after this long without a successful refresh (default 3 x interval)",
             _REFRESH, metavar="DURATION"),
@@ -260,7 +258,7 @@ SETTINGS: tuple[Setting, ...] = (
             frozenset({"run"}), metavar="DURATION"),
     # ztr check / iam-policy / plan.
     Setting("report_format", _choice(REPORT_FORMATS), "table", "table or json",
-            frozenset({"check"}), flag="--format"),
+            frozenset({"check", "plan"}), flag="--format"),
     Setting("kms_key", _parse_list, (), "add kms:Decrypt on this key ARN (repeatable)",
             frozenset({"iam-policy"}), env="ZTR_KMS_KEYS", repeat=True, metavar="ARN"),
     Setting("pods", parse_int, 10, "number of pods (or tasks) in the fleet", frozenset({"plan"}),
@@ -460,6 +458,8 @@ def load(
     if use_aws is not None and use_aws.strip().lower() != "true":
         enabled, reason = False, f"USE_AWS_SECRETS={use_aws}"
 
+    if command in _LOADING and values["timeout"] <= 0:
+        raise ConfigError("--timeout must be more than 0s (it bounds the whole load, retries included)")
     interval = values.get("refresh_interval", 300.0)
     if command in _REFRESH and interval <= 0:
         raise ConfigError("--refresh-interval must be more than 0s")

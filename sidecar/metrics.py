@@ -112,7 +112,7 @@ class Endpoints:
             def _probe(self, ok: bool) -> None:
                 self._send(200 if ok else 503, b"ok\n" if ok else b"not ready\n", "text/plain")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, generate_latest(endpoints.metrics.registry), CONTENT_TYPE_LATEST)
@@ -123,7 +123,7 @@ class Endpoints:
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.path.split("?", 1)[0] != "/refresh" or endpoints.refresh is None:
                     self._send(404, b"not found\n", "text/plain")
                     return

@@ -7,9 +7,9 @@ into the error tree, and chained; messages name the secret and the likely fix, n
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import (
     AccessDeniedError,
@@ -20,7 +20,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from botocore.client import BaseClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient  # boto3-stubs, dev only
 
 BATCH_LIMIT = 20  # BatchGetSecretValue's documented maximum ids per call
 
@@ -74,7 +74,7 @@ class SecretVersion:
         return f"SecretVersion(name={self.name!r}, version_id={self.version_id!r})"
 
 
-def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -> BaseClient:
+def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -> SecretsManagerClient:
     """A Secrets Manager client on boto3's default credential chain and endpoint settings.
 
     Uses botocore's session (what boto3 wraps) directly: same credential chain, same
@@ -83,7 +83,8 @@ def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -
     import botocore.config
     import botocore.session
 
-    attempt_timeout = max(1.0, min(10.0, timeout_seconds))
+    # Leave room for at least three attempts inside the load's deadline.
+    attempt_timeout = max(1.0, min(10.0, timeout_seconds / 3))
     config = botocore.config.Config(
         region_name=region,
         connect_timeout=min(5.0, attempt_timeout),
@@ -94,7 +95,8 @@ def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -
         user_agent_extra="ztr",
     )
     session = botocore.session.get_session()
-    return session.create_client("secretsmanager", endpoint_url=endpoint_url, config=config)
+    client = session.create_client("secretsmanager", endpoint_url=endpoint_url, config=config)
+    return cast("SecretsManagerClient", client)
 
 
 def _error_code(exc: BaseException) -> str:
@@ -119,7 +121,7 @@ class SecretsManagerSource:
 
     def __init__(
         self,
-        client: BaseClient,
+        client: SecretsManagerClient,
         *,
         region: str,
         record: CallRecorder | None = None,
@@ -161,15 +163,17 @@ class SecretsManagerSource:
                 f"{secret_id}: no AWS credentials found: give the pod or task an IAM role "
                 "(IRSA, EKS Pod Identity, ECS task role) or set AWS_PROFILE / access keys"
             )
-        if isinstance(exc, (bce.EndpointConnectionError, bce.ConnectionError,
-                            bce.ReadTimeoutError, bce.ConnectTimeoutError,
-                            bce.ConnectionClosedError)):
+        if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError)):
             return TransientError(
                 f"{secret_id}: cannot reach Secrets Manager at {self.endpoint} "
                 f"({type(exc).__name__}): {_NETWORK_HINT}"
             )
+        if isinstance(exc, bce.ParamValidationError):
+            # botocore checks ids before sending: the report names parameters, never values.
+            report = str(exc).splitlines()[-1]
+            return ConfigError(f"{secret_id}: botocore rejected the request before sending ({report})")
         code = _error_code(exc)
-        message = str(getattr(exc, "response", {}).get("Error", {}).get("Message", ""))
+        message = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Message", ""))
         status = _status(exc)
         if code in _TRANSIENT_CODES or status >= 500:
             return TransientError(
@@ -188,7 +192,7 @@ class SecretsManagerSource:
                 "(see `ztr iam-policy`)"
             )
         if code == "ResourceNotFoundException":
-            return SecretNotFoundError(f"{secret_id}: not found in {self.region}{self._similar(secret_id)}")
+            return MissingSecretError(secret_id, f"{secret_id}: not found in {self.region}")
         if code == "InvalidRequestException" and "delet" in message.lower():
             return SecretNotFoundError(
                 f"{secret_id}: scheduled for deletion: restore it with "
@@ -197,6 +201,15 @@ class SecretsManagerSource:
         if code in ("InvalidParameterException", "InvalidRequestException", "ValidationException"):
             return ConfigError(f"{secret_id}: Secrets Manager rejected the request ({code})")
         return ZtrError(f"{secret_id}: unexpected error from Secrets Manager ({code}, HTTP {status})")
+
+    def explain_missing(self, error: SecretNotFoundError) -> SecretNotFoundError:
+        """``error`` with the closest existing names added, when it is a plain "not found".
+
+        Called only for an error that is about to be reported: the hint costs ListSecrets calls.
+        """
+        if not isinstance(error, MissingSecretError):
+            return error
+        return SecretNotFoundError(error.message + self._similar(error.secret_id))
 
     def _similar(self, secret_id: str) -> str:
         """Best effort: the closest existing names under the same prefix, for the message."""
@@ -207,7 +220,11 @@ class SecretsManagerSource:
             names = self.list_names(parent + "/" if parent else "", limit=200)
         except Exception:  # noqa: BLE001 - a hint must never mask the real error
             return ": check the name and the environment prefix"
-        close = difflib.get_close_matches(secret_id, names, n=3, cutoff=0.6)
+        # Compare what follows the shared prefix: "prod/db" vs "prod/tok" share most letters.
+        start = len(parent) + 1 if parent else 0
+        by_rest = {name[start:]: name for name in names}
+        close = [by_rest[rest] for rest in
+                 difflib.get_close_matches(secret_id[start:], list(by_rest), n=3, cutoff=0.6)]
         if close:
             return f"; did you mean {', '.join(close)}?"
         return ": check the name and the environment prefix"
@@ -245,7 +262,7 @@ class SecretsManagerSource:
             response = self._client.get_secret_value(**kwargs)
         except Exception as exc:
             raise self.translate(exc, secret_id, "GetSecretValue") from exc
-        return _to_version(secret_id, response)
+        return self._to_version(secret_id, response)
 
     def get_many(self, keys: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
         """Fetch several secrets in as few calls as possible.
@@ -255,12 +272,8 @@ class SecretsManagerSource:
         failure of a whole call (network, throttling) raises.
         """
         results: dict[FetchKey, SecretVersion | ZtrError] = {}
-        current = [key for key in keys if key[1] is None and key[2] is None]
-        single = [key for key in keys if key not in current]
-        if len(current) == 1:  # one id: GetSecretValue is the same single call, simpler IAM
-            single, current = single + current, []
-        for start in range(0, len(current), BATCH_LIMIT):
-            chunk = current[start : start + BATCH_LIMIT]
+        chunks, single = plan_fetch(keys)
+        for chunk in chunks:
             if self._batch_allowed:
                 try:
                     results.update(self._batch(chunk))
@@ -268,6 +281,12 @@ class SecretsManagerSource:
                 except AccessDeniedError:
                     # No BatchGetSecretValue permission: fall back to one call a secret.
                     self._batch_allowed = False
+                    from . import logs
+
+                    logs.warning(
+                        "BatchGetSecretValue denied: falling back to one GetSecretValue per "
+                        "secret; grant secretsmanager:BatchGetSecretValue on * for "
+                        "ceil(N/20) calls", secrets=len(keys))
             single.extend(chunk)
         for key in single:
             try:
@@ -276,6 +295,9 @@ class SecretsManagerSource:
                 raise
             except ZtrError as exc:
                 results[key] = exc
+        for outcome in results.values():
+            if isinstance(outcome, TransientError):  # e.g. throttled inside a batch's Errors[]
+                raise outcome
         return results
 
     def _batch(self, chunk: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
@@ -285,10 +307,12 @@ class SecretsManagerSource:
             response = self._client.batch_get_secret_value(SecretIdList=list(by_id))
         except Exception as exc:
             raise self.translate(exc, f"{len(chunk)} secrets", "BatchGetSecretValue") from exc
+        if "SecretValues" not in response and "Errors" not in response:
+            raise self._malformed(f"{len(chunk)} secrets", "BatchGetSecretValue")
         for entry in response.get("SecretValues", []):
             key = _match(by_id, entry)
             if key is not None:
-                results[key] = _to_version(key[0], entry)
+                results[key] = self._to_version(key[0], entry)
         for error in response.get("Errors", []):
             key = by_id.get(error.get("SecretId", ""))
             if key is None:
@@ -309,15 +333,49 @@ class SecretsManagerSource:
 
     def describe(self, secret_id: str) -> dict[str, Any]:
         try:
-            response: dict[str, Any] = self._client.describe_secret(SecretId=secret_id)
+            response: dict[str, Any] = dict(self._client.describe_secret(SecretId=secret_id))
         except Exception as exc:
             raise self.translate(exc, secret_id, "DescribeSecret") from exc
+        if "Name" not in response and "ARN" not in response:
+            raise self._malformed(secret_id, "DescribeSecret")
         if response.get("DeletedDate"):
             raise SecretNotFoundError(
                 f"{secret_id}: scheduled for deletion: restore it with "
                 f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
             )
         return response
+
+    def _malformed(self, secret_id: str, operation: str) -> TransientError:
+        # botocore turns a truncated or non-JSON 200 body into an empty result: never take
+        # that for an empty secret.
+        return TransientError(
+            f"{secret_id}: Secrets Manager at {self.endpoint} sent an incomplete {operation} "
+            "response (connection cut or a proxy in the way); retrying until the deadline"
+        )
+
+    def _to_version(self, secret_id: str, response: Mapping[str, Any]) -> SecretVersion:
+        value: str | bytes
+        if response.get("SecretString") is not None:
+            value = response["SecretString"]
+        elif response.get("SecretBinary") is not None:
+            value = bytes(response["SecretBinary"])
+        else:
+            raise self._malformed(secret_id, "GetSecretValue")
+        return SecretVersion(
+            secret_id=secret_id,
+            name=str(response.get("Name", secret_id)),
+            arn=str(response.get("ARN", "")),
+            version_id=str(response.get("VersionId", "")),
+            value=value,
+        )
+
+
+class MissingSecretError(SecretNotFoundError):
+    """Secrets Manager said ResourceNotFoundException for ``secret_id``."""
+
+    def __init__(self, secret_id: str, message: str) -> None:
+        super().__init__(message)
+        self.secret_id = secret_id
 
 
 class _FakeClientError(Exception):
@@ -328,7 +386,7 @@ class _FakeClientError(Exception):
         self.response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}}
 
 
-def _match(by_id: dict[str, FetchKey], entry: dict[str, Any]) -> FetchKey | None:
+def _match(by_id: dict[str, FetchKey], entry: Mapping[str, Any]) -> FetchKey | None:
     for candidate in (entry.get("Name"), entry.get("ARN")):
         if candidate in by_id:
             return by_id[candidate]
@@ -339,19 +397,18 @@ def _match(by_id: dict[str, FetchKey], entry: dict[str, Any]) -> FetchKey | None
     return None
 
 
-def _to_version(secret_id: str, response: dict[str, Any]) -> SecretVersion:
-    value: str | bytes
-    if response.get("SecretString") is not None:
-        value = response["SecretString"]
-    else:
-        value = bytes(response.get("SecretBinary") or b"")
-    return SecretVersion(
-        secret_id=secret_id,
-        name=str(response.get("Name", secret_id)),
-        arn=str(response.get("ARN", "")),
-        version_id=str(response.get("VersionId", "")),
-        value=value,
-    )
+def plan_fetch(keys: Sequence[FetchKey]) -> tuple[list[list[FetchKey]], list[FetchKey]]:
+    """How a load fetches ``keys``: BatchGetSecretValue chunks of up to 20 ids for secrets at
+    AWSCURRENT, and GetSecretValue for pinned stages or versions. A lone id goes through
+    GetSecretValue: the same single call, and one IAM action fewer. ``iam-policy`` and
+    ``plan`` derive their answers from this too."""
+    keys = unique(keys)
+    current = [key for key in keys if key[1] is None and key[2] is None]
+    single = [key for key in keys if key not in current]
+    if len(current) == 1:
+        return [], single + current
+    chunks = [current[start : start + BATCH_LIMIT] for start in range(0, len(current), BATCH_LIMIT)]
+    return chunks, single
 
 
 def unique(keys: Iterable[FetchKey]) -> list[FetchKey]:

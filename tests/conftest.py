@@ -13,6 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
+pytest_plugins = ("tests.helpers.faultproxy",)
+
 SCRUBBED_PREFIXES = ("ZTR_", "AWS_")
 SCRUBBED = ("USE_AWS_SECRETS", "NODE_ENV")
 REGION = "us-east-1"

@@ -1,0 +1,96 @@
+"""``ztr iam-policy``: the least-privilege IAM policy the declared secrets need."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO, Any
+
+from .aws import caller_identity
+from .config import Config
+from .errors import ZtrError
+from .source import plan_fetch
+
+AWS_MANAGED_KEY = "alias/aws/secretsmanager"
+
+
+def build_policy(*, region: str, account: str | None, secret_arns: list[str], uses_batch: bool,
+                 prefix_arn: str | None, kms_keys: list[str]) -> dict[str, Any]:
+    """The policy document. Pure, so tests can check each statement."""
+    read = sorted(set(secret_arns + ([prefix_arn] if prefix_arn else [])))
+    statements: list[dict[str, Any]] = [{
+        "Sid": "ReadDeclaredSecrets",
+        "Effect": "Allow",
+        # DescribeSecret: the refresh loop compares version ids without fetching values.
+        "Action": ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"],
+        "Resource": read,
+    }]
+    if uses_batch:
+        statements.append({
+            "Sid": "BatchFetch",
+            "Effect": "Allow",
+            # BatchGetSecretValue has no resource-level permissions; GetSecretValue above still
+            # limits which secrets it returns.
+            "Action": ["secretsmanager:BatchGetSecretValue"],
+            "Resource": "*",
+        })
+    if prefix_arn:
+        statements.append({
+            "Sid": "ListPrefix",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:ListSecrets"],
+            "Resource": "*",
+        })
+    if kms_keys:
+        statements.append({
+            "Sid": "DecryptWithCustomerManagedKeys",
+            "Effect": "Allow",
+            "Action": ["kms:Decrypt"],
+            "Resource": sorted(set(kms_keys)),
+            "Condition": {"StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}},
+        })
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _key_arn(key_id: str, region: str, account: str | None) -> str | None:
+    if key_id.startswith("arn:"):
+        return key_id
+    if key_id == AWS_MANAGED_KEY or key_id.startswith("alias/"):
+        return None  # the AWS managed key needs no grant; an alias cannot be a Resource
+    return f"arn:aws:kms:{region}:{account or '*'}:key/{key_id}"
+
+
+def run(config: Config, out: IO[str] | None = None) -> int:
+    from .commands import make_loader
+
+    out = out or sys.stdout
+    loader = make_loader(config)
+    identity = caller_identity(config.region, config.timeout_seconds)
+    account = identity.account
+    arns: list[str] = []
+    kms_keys = list(config.kms_keys)
+    bindings = list(config.bindings)
+    for secret_id in dict.fromkeys(b.ref.secret_id for b in bindings):
+        try:
+            info = loader.source.describe(secret_id)
+        except ZtrError:
+            # Not allowed to describe (or not created yet): the name with the ARN's random suffix.
+            arns.append(secret_id if secret_id.startswith("arn:") else
+                        f"arn:aws:secretsmanager:{config.region}:{account or '*'}:secret:{secret_id}-??????")
+            continue
+        arns.append(str(info["ARN"]))
+        key_id = str(info.get("KmsKeyId") or "")
+        key = _key_arn(key_id, config.region, account) if key_id else None
+        if key:
+            kms_keys.append(key)
+    prefix_arn = None
+    if config.prefix:
+        prefix_arn = f"arn:aws:secretsmanager:{config.region}:{account or '*'}:secret:{config.prefix}*"
+    keys = [b.ref.fetch_key for b in bindings]
+    chunks, _ = plan_fetch(keys)
+    # A prefix adds secrets at AWSCURRENT: with declared ones, or with several matches, batch is used.
+    uses_batch = bool(chunks) or bool(config.prefix)
+    policy = build_policy(region=config.region, account=account, secret_arns=arns,
+                          uses_batch=uses_batch, prefix_arn=prefix_arn, kms_keys=kms_keys)
+    print(json.dumps(policy, indent=2), file=out)
+    return 0
