@@ -188,6 +188,11 @@ class Runtime:
         self.watcher: Watcher | None = None
         self._endpoints: Any = None
         self._thread: threading.Thread | None = None
+        self.outputs_written = False  # /readyz waits for the files, not just the load
+
+    def ready(self) -> bool:
+        """Ready after the first load has been written out, and while not stale."""
+        return self.outputs_written and not (self.watcher is not None and self.watcher.stale)
 
     def start_endpoints(self, ready: Callable[[], bool]) -> None:
         if self.config.metrics_addr is None:
@@ -273,9 +278,7 @@ def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Lo
     metrics = Metrics()
     runtime = Runtime(config, redactor, metrics)
     loader = make_loader(config, record=metrics.record_call, stop=runtime.stop)
-    loaded: dict[str, Snapshot] = {}
-    runtime.start_endpoints(ready=lambda: bool(loaded) and not (
-        runtime.watcher is not None and runtime.watcher.stale))
+    runtime.start_endpoints(ready=runtime.ready)
     started = time.monotonic()
     with StartupSignals(runtime.stop) as startup:
         try:
@@ -292,7 +295,6 @@ def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Lo
         raise StartupInterruptedError(code)
     runtime.stop.clear()
     runtime.on_loaded(snapshot, time.monotonic() - started)
-    loaded["first"] = snapshot
     return runtime, loader, snapshot
 
 
@@ -333,6 +335,7 @@ def watch(config: Config, redactor: logs.Redactor) -> int:
             return None
 
         runtime.start_watcher(loader, snapshot, writers, react)
+        runtime.outputs_written = True
         logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
                   refresh_interval_seconds=config.refresh_interval_seconds)
         _wait_for_stop(runtime.stop)
@@ -392,6 +395,7 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         env = child_environment(config.parent_env, snapshot.values)
         reactor = Reactor(config, runtime.metrics)
         runtime.start_watcher(loader, snapshot, writers, reactor.react)
+        runtime.outputs_written = True
         return _supervise(config, env, reactor, runtime.metrics)
     except sup.SpawnError as exc:
         logs.error(str(exc), exit_code=exc.exit_code)

@@ -67,7 +67,7 @@ def make_plan(pods: int, secrets: int, interval_seconds: float) -> Plan:
         cost = monthly / 10_000 * PRICE_PER_10K_CALLS
         api_cost += cost
         quota = QUOTAS_TPS[operation]
-        lines.append(Line(operation, calls, round(tps, 3), quota, round(100 * tps / quota, 3),
+        lines.append(Line(operation, calls, round(tps, 3), quota, round(100 * tps / quota, 4),
                           round(monthly), round(cost, 2)))
     return Plan(pods, secrets, interval_seconds, startup_calls(secrets), lines,
                 round(api_cost, 2), round(secrets * PRICE_PER_SECRET_MONTH, 2))
