@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from mypy_boto3_sts import STSClient  # boto3-stubs, dev only
 
 
 @dataclass(frozen=True)
@@ -21,11 +25,11 @@ def caller_identity(region: str, timeout_seconds: float) -> Identity:
     import botocore.session
 
     try:
-        client = botocore.session.get_session().create_client(
+        client = cast("STSClient", botocore.session.get_session().create_client(
             "sts", region_name=region,
             config=botocore.config.Config(connect_timeout=min(5.0, timeout_seconds),
                                           read_timeout=min(10.0, timeout_seconds),
-                                          retries={"mode": "standard", "total_max_attempts": 2}))
+                                          retries={"mode": "standard", "total_max_attempts": 2})))
         response = client.get_caller_identity()
     except Exception as exc:  # noqa: BLE001 - context for a report: never fail on it
         code = getattr(exc, "response", {}).get("Error", {}).get("Code") or type(exc).__name__

@@ -91,9 +91,9 @@ def run(config: Config, out: IO[str] | None = None) -> int:
         endpoint = f"http://{host}:{port}"
         credentials = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
                        "AWS_REGION": "us-east-1"}
-        client = botocore.session.get_session().create_client(
+        client: Any = botocore.session.get_session().create_client(
             "secretsmanager", region_name="us-east-1", endpoint_url=endpoint,
-            aws_access_key_id="demo", aws_secret_access_key="demo")
+            aws_access_key_id="demo", aws_secret_access_key="demo")  # noqa: S106 - moto, in process
         say("ztr demo: secrets from AWS Secrets Manager into an app, kept current on rotation.\n")
         say(f"1. An embedded Secrets Manager (moto) listens on {endpoint}. Seeding the guide's "
             "four secrets:")
