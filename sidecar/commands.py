@@ -298,6 +298,20 @@ def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Lo
     return runtime, loader, snapshot
 
 
+def _start_resident(
+    config: Config, redactor: logs.Redactor
+) -> tuple[Runtime, Loader, Snapshot, list[Writer]]:
+    """What watch and a supervising run share: outputs checked, endpoints up, first load written."""
+    writers = make_writers(config)
+    runtime, loader, snapshot = _start_runtime(config, redactor)
+    try:
+        write_all(writers, snapshot.values)
+    except ZtrError:
+        runtime.shutdown()
+        raise
+    return runtime, loader, snapshot, writers
+
+
 # -- ztr watch ---------------------------------------------------------------------------
 
 
@@ -322,13 +336,11 @@ def watch(config: Config, redactor: logs.Redactor) -> int:
         _wait_for_stop(runtime.stop)
         runtime.shutdown()
         return 0
-    writers = make_writers(config)
     try:
-        runtime, loader, snapshot = _start_runtime(config, redactor)
+        runtime, loader, snapshot, writers = _start_resident(config, redactor)
     except StartupInterruptedError as exc:
         return exc.code
     try:
-        write_all(writers, snapshot.values)
 
         def react(new: Snapshot, changed: list[str]) -> float | None:
             notify(config, changed)
@@ -385,13 +397,11 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         write_all(writers, snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         return _exec(config.command_args, env)
-    writers = make_writers(config)
     try:
-        runtime, loader, snapshot = _start_runtime(config, redactor)
+        runtime, loader, snapshot, writers = _start_resident(config, redactor)
     except StartupInterruptedError as exc:
         return exc.code
     try:
-        write_all(writers, snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         reactor = Reactor(config, runtime.metrics)
         runtime.start_watcher(loader, snapshot, writers, reactor.react)

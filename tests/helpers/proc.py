@@ -3,7 +3,6 @@ for what they expect with a deadline instead of sleeping."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from tests.helpers.ztr import parse_logs
 
 
 class Proc:
@@ -42,14 +43,7 @@ class Proc:
         return self.popen.pid
 
     def logs(self) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.stderr):
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    pass
-        return out
+        return parse_logs("\n".join(self.stderr))
 
     def wait_until(self, predicate: Callable[[], Any], timeout: float = 15.0,
                    what: str = "condition") -> Any:
