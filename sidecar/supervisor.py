@@ -7,7 +7,7 @@ sigwait loop and tini's sigtimedwait + reap_zombies.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import errno
 import os
 import queue
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND
 
@@ -28,6 +29,9 @@ FORWARDED = (
 )
 STOPPING = frozenset({signal.SIGTERM, signal.SIGINT})
 _PR_SET_CHILD_SUBREAPER = 36
+# Members of the child's group that are not ztr's children send no SIGCHLD when they die:
+# while waiting for them, look this often.
+_SETTLE_POLL_SECONDS = 0.05
 _ALL_SIGNALS = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
@@ -50,6 +54,8 @@ def become_subreaper() -> bool:
     """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they are reaped here too."""
     if os.getpid() == 1 or not sys.platform.startswith("linux"):
         return os.getpid() == 1
+    import ctypes  # only here: PID 1 never needs it, and it costs memory on every pod
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
@@ -78,7 +84,12 @@ def resolve_command(argv0: str, env: Mapping[str, str]) -> str:
 
 def spawn(argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Start ``argv`` in its own process group, with default signal dispositions and an empty
-    signal mask (CPython ignores SIGPIPE; exec would otherwise keep that)."""
+    signal mask (CPython ignores SIGPIPE; exec would otherwise keep that).
+
+    glibc's posix_spawn leaves its two internal signals (32, 33) ignored in the child and
+    refuses to reset them; every libc and runtime installs its own handlers for those.
+    Raises SpawnError (127 / 126).
+    """
     executable = resolve_command(argv[0], env)
     try:
         return os.posix_spawn(
@@ -96,15 +107,13 @@ def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
     """Replace this process with ``argv`` (the --once mode): same PID, default signals."""
     executable = resolve_command(argv[0], env)
     for signum in _ALL_SIGNALS:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execve(executable, list(argv), dict(env))
+        os.execve(executable, list(argv), dict(env))  # noqa: S606 - replacing ztr is the point
     except OSError as exc:
         code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
         raise SpawnError(f"{argv[0]}: cannot execute ({exc.strerror})", code) from exc
@@ -126,7 +135,7 @@ class Forward:
 
 @dataclass(frozen=True)
 class Exit:
-    """Stop the child gracefully, then exit with ``code``."""
+    """Stop the child gracefully, then exit with ``code`` (a later Restart does not undo it)."""
 
     code: int
 
@@ -156,6 +165,10 @@ class Supervisor:
 
     Other threads talk to it only through ``submit``. Hooks let the caller observe the child
     without the supervisor knowing about metrics: ``on_start(pid)``, ``on_exit(code)``.
+
+    The child leads its own process group. When it exits, whatever is left of that group gets
+    SIGTERM, and SIGKILL once the grace period is over; only then does ztr restart the child
+    or exit, so an old generation never overlaps a new one and nothing it started outlives it.
     """
 
     def __init__(
@@ -168,6 +181,7 @@ class Supervisor:
         on_exit: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
+        subreaper: Callable[[], bool] = become_subreaper,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
@@ -176,16 +190,19 @@ class Supervisor:
         self.on_exit = on_exit or (lambda code: None)
         self.clock = clock
         self.log = log or (lambda message: None)
-        self.pid: int | None = None
+        self.subreaper = subreaper
+        self.pid: int | None = None  # the running child; None once it has exited
         self.started_at: float | None = None
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         self._signal_r, self._signal_w = os.pipe()
         for fd in (self._wake_r, self._wake_w, self._signal_r, self._signal_w):
             os.set_blocking(fd, False)
+        self._pgid: int | None = None  # the child's group, until everything in it is gone
+        self._exit_code: int | None = None  # the child's, while its group settles
         self._stop_deadline: float | None = None
-        self._stop_reason: str | None = None  # "shutdown", "restart" or "exit"
-        self._pending: Action | None = None
+        self._stop_reason: str | None = None  # "shutdown", or "react" for a Restart / Exit
+        self._pending: Restart | Exit | None = None
         self._killed = False
         self._tty_fd: int | None = None
         self._asides: dict[int, _Aside] = {}
@@ -194,10 +211,8 @@ class Supervisor:
 
     def submit(self, action: Action) -> None:
         self._actions.put(action)
-        try:
+        with contextlib.suppress(BlockingIOError):  # full: the loop is already awake
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the loop is already awake
 
     def run_aside(self, argv: Sequence[str], env: Mapping[str, str], *, timeout: float) -> int:
         """Run a command beside the app and return its exit code (124 if it ran too long)."""
@@ -206,10 +221,8 @@ class Supervisor:
         if aside.done.wait(timeout):
             return aside.code if aside.code is not None else 1
         if aside.pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(aside.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         aside.done.wait(5)
         return TIMED_OUT
 
@@ -223,22 +236,28 @@ class Supervisor:
 
         Raises SpawnError when the command cannot be started.
         """
-        become_subreaper()
-        self._install_handlers()
+        self.subreaper()
+        previous = self._install_handlers()
         try:
             self._start()
             return self._loop()
         finally:
             signal.set_wakeup_fd(-1)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-    def _install_handlers(self) -> None:
+    def _install_handlers(self) -> dict[int, Callable[[int, Any], Any] | int]:
         # Handlers do nothing: the wakeup fd carries each signal number to the loop, in order.
+        previous: dict[int, Callable[[int, Any], Any] | int] = {}
         signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
         for signum in (*FORWARDED, signal.SIGCHLD):
-            signal.signal(signum, _record)
+            handler = signal.signal(signum, _record)
+            if handler is not None:  # None: set outside Python, nothing to restore it with
+                previous[signum] = handler
+        return previous
 
     def _start(self) -> None:
-        self.pid = spawn(self.argv, self.env)
+        self.pid = self._pgid = spawn(self.argv, self.env)
         self.started_at = self.clock()
         self._give_terminal(self.pid)
         self.on_start(self.pid)
@@ -275,10 +294,7 @@ class Supervisor:
         selector.register(self._signal_r, selectors.EVENT_READ)
         selector.register(self._wake_r, selectors.EVENT_READ)
         while True:
-            timeout = None
-            if self._stop_deadline is not None and not self._killed:
-                timeout = max(0.0, self._stop_deadline - self.clock())
-            selector.select(timeout)
+            selector.select(self._timeout())
             for signum in _drain(self._signal_r):
                 self._on_signal(signum)
             _drain(self._wake_r)
@@ -289,17 +305,25 @@ class Supervisor:
                     break
             code = self._reap()
             if code is not None:
-                result = self._after_exit(code)
+                self._child_exited(code)
+            if self.pid is None:
+                result = self._settle()
                 if result is not None:
                     return result
-            elif (
-                self._stop_deadline is not None
-                and not self._killed
-                and self.clock() >= self._stop_deadline
-            ):
-                self.log(f"grace period of {self.grace_seconds:g}s over: sending SIGKILL")
+            elif self._grace_over():
+                self.log(f"Grace period of {self.grace_seconds:g}s over: sending SIGKILL")
                 self._signal_group(signal.SIGKILL)
                 self._killed = True
+
+    def _timeout(self) -> float | None:
+        if self._stop_deadline is None or self._killed:
+            return None
+        remaining = max(0.0, self._stop_deadline - self.clock())
+        return remaining if self.pid is not None else min(remaining, _SETTLE_POLL_SECONDS)
+
+    def _grace_over(self) -> bool:
+        return (self._stop_deadline is not None and not self._killed
+                and self.clock() >= self._stop_deadline)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
@@ -319,35 +343,51 @@ class Supervisor:
             except SpawnError as exc:
                 action.finish(exc.exit_code)
             return
-        if self._stop_reason == "shutdown":
-            return  # shutting down: no restarts, no more reactions
+        if self._stop_reason == "shutdown" or (self.pid is None and self._stop_reason is None):
+            return  # shutting down, or the child exited on its own: ztr exits with its code
         if isinstance(action, Forward):
             self._signal_group(action.signum)
         elif self._stop_reason is None:
             self._pending = action
-            self._begin_stop("restart" if isinstance(action, Restart) else "exit", send=True)
-        else:
+            self._begin_stop("react", send=True)
+        elif not isinstance(self._pending, Exit):
             self._pending = action  # a newer restart replaces the one in progress
 
     def _begin_stop(self, reason: str, *, send: bool) -> None:
+        """SIGTERM now (or already sent), SIGKILL at the deadline; an earlier deadline stands."""
         self._stop_reason = reason
-        self._stop_deadline = self.clock() + self.grace_seconds
-        self._killed = False
+        self._set_deadline()
         if send:
             self._signal_group(signal.SIGTERM)
 
+    def _set_deadline(self) -> None:
+        deadline = self.clock() + self.grace_seconds
+        if self._stop_deadline is None or deadline < self._stop_deadline:
+            self._stop_deadline = deadline
+
     def _signal_group(self, signum: int) -> None:
-        if self.pid is None:
+        if self._pgid is None:
             return
         try:
-            os.killpg(self.pid, signum)
+            os.killpg(self._pgid, signum)
         except ProcessLookupError:
-            try:  # the group is gone but the leader may not be reaped yet
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+            if self.pid is not None:  # the child left its group (setsid): it still gets it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signum)
         except PermissionError:
             pass
+
+    def _group_alive(self) -> bool:
+        """Is anything left in the child's group (a zombie not yet reaped counts)?"""
+        if self._pgid is None:
+            return False
+        try:
+            os.killpg(self._pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def _reap(self) -> int | None:
         """Reap every exited process (orphans included); return the main child's code."""
@@ -365,24 +405,35 @@ class Supervisor:
                 self._asides.pop(pid).finish(exit_code_of(status))
         return code
 
-    def _after_exit(self, code: int) -> int | None:
-        """The main child is gone: restart it, or return ztr's exit code."""
-        pid, self.pid = self.pid, None
+    def _child_exited(self, code: int) -> None:
+        """The main child is gone: report it, and stop what it left in its group."""
+        self.pid, self._exit_code = None, code
         self._take_terminal_back()
         self.on_exit(code)
-        if pid is not None:
-            try:  # helpers it left in its group would otherwise outlive it
-                os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if not self._killed and self._group_alive():
+            self.log("The app left processes in its group: sent them SIGTERM; waiting up to "
+                     "the grace period")
+            self._signal_group(signal.SIGTERM)
+            self._set_deadline()
+
+    def _settle(self) -> int | None:
+        """Once the child's group is empty (or killed): restart it, or return ztr's exit code."""
+        if not self._killed and self._group_alive():
+            if self._stop_deadline is not None and self.clock() < self._stop_deadline:
+                return None
+            self.log(f"Grace period of {self.grace_seconds:g}s over: sending SIGKILL to what "
+                     "is left of the app's process group")
+            self._signal_group(signal.SIGKILL)
+        code = self._exit_code if self._exit_code is not None else 1
         reason, pending = self._stop_reason, self._pending
-        self._stop_reason, self._stop_deadline, self._pending = None, None, None
-        if reason == "restart" and isinstance(pending, Restart):
-            self.log(f"child exited with {code} for a restart; starting it again")
+        self._pgid, self._exit_code, self._pending = None, None, None
+        self._stop_reason, self._stop_deadline, self._killed = None, None, False
+        if reason == "react" and isinstance(pending, Restart):
+            self.log(f"The app exited with {code} for a restart; starting it again")
             self.env = dict(pending.env)
             self._start()
             return None
-        if reason == "exit" and isinstance(pending, Exit):
+        if reason == "react" and isinstance(pending, Exit):
             return pending.code
         return code
 

@@ -29,8 +29,12 @@ def _seed(sm: Any, names: tuple[str, ...] = ALL_FOUR) -> None:
 
 
 def _set_auth(endpoint: str, count: str) -> None:
-    request = urllib.request.Request(endpoint + "/moto-api/reset-auth", data=count.encode(),
-                                     method="POST", headers={"Content-Type": "text/plain"})
+    request = urllib.request.Request(
+        endpoint + "/moto-api/reset-auth",
+        data=count.encode(),
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
@@ -45,12 +49,16 @@ def enforce(endpoint: str) -> Iterator[Any]:
 @pytest.fixture
 def iam_user(endpoint: str, ztr_env: dict[str, str]) -> Any:
     """An IAM user whose inline policy tests replace; returns (iam client, env with its keys)."""
-    iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION,
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     iam.create_user(UserName="ztr")
     key = iam.create_access_key(UserName="ztr")["AccessKey"]
-    env = dict(ztr_env, AWS_ACCESS_KEY_ID=key["AccessKeyId"],
-               AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+    env = dict(ztr_env, AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
     return iam, env
 
 
@@ -77,15 +85,19 @@ def _statement(policy: dict[str, Any], sid: str) -> dict[str, Any]:
     return next(s for s in policy["Statement"] if s["Sid"] == sid)
 
 
-def test_iam_policy_printed_policy_is_least_privilege(sm: Any, ztr_env: dict[str, str], endpoint: str) -> None:
+def test_iam_policy_printed_policy_is_least_privilege(
+    sm: Any, ztr_env: dict[str, str], endpoint: str
+) -> None:
     _seed(sm)
     policy = _policy(ztr_env, endpoint)
     assert policy["Version"] == "2012-10-17"
     read = _statement(policy, "ReadDeclaredSecrets")
     assert read["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
     assert len(read["Resource"]) == 4
-    assert all(arn.startswith(f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{BASE}")
-               for arn in read["Resource"])
+    assert all(
+        arn.startswith(f"arn:aws:secretsmanager:{REGION}:123456789012:secret:{BASE}")
+        for arn in read["Resource"]
+    )
     assert _statement(policy, "BatchFetch")["Action"] == ["secretsmanager:BatchGetSecretValue"]
     for statement in policy["Statement"]:
         assert all("*" not in action for action in statement["Action"])
@@ -103,7 +115,9 @@ def test_iam_policy_exact_policy_allows_init_and_refresh(
 ) -> None:
     _seed(sm)
     iam, env = iam_user
-    iam.put_user_policy(UserName="ztr", PolicyName="ztr", PolicyDocument=_for_moto(_policy(ztr_env, endpoint)))
+    iam.put_user_policy(
+        UserName="ztr", PolicyName="ztr", PolicyDocument=_for_moto(_policy(ztr_env, endpoint))
+    )
     enforce(True)
     result = ztr.run(["init", *PRESET, "--output", str(shm / "app.env")], env)
     assert result.code == 0, result.stderr
@@ -130,8 +144,9 @@ def test_iam_policy_without_read_statement_exits_77_naming_action(
     policy = json.loads(result.stdout)
     assert [s["Sid"] for s in policy["Statement"]] == ["ReadDeclaredSecrets"]
     policy["Statement"] = [s for s in policy["Statement"] if s["Sid"] != "ReadDeclaredSecrets"]
-    policy["Statement"].append({"Sid": "Unrelated", "Effect": "Allow",
-                                "Action": ["secretsmanager:ListSecrets"], "Resource": "*"})
+    policy["Statement"].append(
+        {"Sid": "Unrelated", "Effect": "Allow", "Action": ["secretsmanager:ListSecrets"], "Resource": "*"}
+    )
     iam.put_user_policy(UserName="ztr", PolicyName="ztr", PolicyDocument=_for_moto(policy))
     enforce(True)
     result = ztr.run(["init", *args, "--output", str(shm / "app.env"), "--timeout", "5s"], env)
@@ -166,8 +181,20 @@ def test_iam_policy_without_describe_refresh_fails_naming_action(
     _statement(policy, "ReadDeclaredSecrets")["Action"] = ["secretsmanager:GetSecretValue"]
     iam.put_user_policy(UserName="ztr", PolicyName="ztr", PolicyDocument=_for_moto(policy))
     enforce(True)
-    proc = Proc([ztr.ZTR, "watch", *PRESET, "--output", str(shm / "w.env"), "--refresh-interval", "1h",
-                 "--timeout", "5s"], env)
+    proc = Proc(
+        [
+            ztr.ZTR,
+            "watch",
+            *PRESET,
+            "--output",
+            str(shm / "w.env"),
+            "--refresh-interval",
+            "1h",
+            "--timeout",
+            "5s",
+        ],
+        env,
+    )
     try:
         proc.wait_log("Wrote secrets; watching for changes")
         status, body = http(proc.metrics_addr() + "/refresh", method="POST")
@@ -179,7 +206,9 @@ def test_iam_policy_without_describe_refresh_fails_naming_action(
         proc.stop()
 
 
-def test_check_reports_every_row_and_exits_with_first_failure(sm: Any, ztr_env: dict[str, str], endpoint: str) -> None:
+def test_check_reports_every_row_and_exits_with_first_failure(
+    sm: Any, ztr_env: dict[str, str], endpoint: str
+) -> None:
     sm.create_secret(Name=BASE + "database-password", SecretString="plain")
     sm.create_secret(Name=BASE + "session-secret", SecretString="s")
     sm.create_secret(Name="other/json", SecretString=json.dumps({"a": 1}))
@@ -187,8 +216,20 @@ def test_check_reports_every_row_and_exits_with_first_failure(sm: Any, ztr_env: 
     sm.create_secret(Name="other/deleted", SecretString="d")
     sm.delete_secret(SecretId="other/deleted")
     env = dict(ztr_env, AWS_ENDPOINT_URL_STS=endpoint)
-    args = ["check", *PRESET, "--format", "json", "--secret", "K=other/json#missing",
-            "--secret", "B=other/binary", "--secret", "D=other/deleted", "--secret", "N=other/nothing"]
+    args = [
+        "check",
+        *PRESET,
+        "--format",
+        "json",
+        "--secret",
+        "K=other/json#missing",
+        "--secret",
+        "B=other/binary",
+        "--secret",
+        "D=other/deleted",
+        "--secret",
+        "N=other/nothing",
+    ]
     result = ztr.run(args, env)
     report = json.loads(result.stdout)
     rows = {row["variable"]: row for row in report["secrets"]}
@@ -209,16 +250,26 @@ def test_check_all_ok_table_exits_0(sm: Any, ztr_env: dict[str, str]) -> None:
     _seed(sm)
     result = ztr.run(["check", *PRESET], ztr_env)
     assert result.code == 0, result.stderr
-    assert "VARIABLE" in result.stdout and "DATABASE_PASSWORD" in result.stdout
+    assert "VARIABLE" in result.stdout
+    assert "DATABASE_PASSWORD" in result.stdout
     assert "value-of-" not in result.stdout + result.stderr
 
 
-def test_check_access_denied_row_exits_77(sm: Any, ztr_env: dict[str, str], iam_user: Any, enforce: Any) -> None:
+def test_check_access_denied_row_exits_77(
+    sm: Any, ztr_env: dict[str, str], iam_user: Any, enforce: Any
+) -> None:
     _seed(sm)
     iam, env = iam_user
-    iam.put_user_policy(UserName="ztr", PolicyName="ztr", PolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:ListSecrets"], "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="ztr",
+        PolicyName="ztr",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": ["secretsmanager:ListSecrets"], "Resource": "*"}],
+            }
+        ),
+    )
     enforce(True)
     result = ztr.run(["check", *PRESET, "--format", "json", "--timeout", "5s"], env)
     rows = {row["variable"]: row for row in json.loads(result.stdout)["secrets"]}
@@ -231,8 +282,24 @@ def test_metrics_after_load_refresh_error_and_change(
 ) -> None:
     _seed(sm)
     env = dict(ztr_env, AWS_ENDPOINT_URL_SECRETS_MANAGER=fault_proxy.url)
-    proc = Proc([ztr.ZTR_RUN, *PRESET, "--refresh-interval", "1h", "--debounce", "0s",
-                 "--min-uptime", "0s", "--timeout", "2s", "--", "sleep", "600"], env)
+    proc = Proc(
+        [
+            ztr.ZTR_RUN,
+            *PRESET,
+            "--refresh-interval",
+            "1h",
+            "--debounce",
+            "0s",
+            "--min-uptime",
+            "0s",
+            "--timeout",
+            "2s",
+            "--",
+            "sleep",
+            "600",
+        ],
+        env,
+    )
     try:
         base = proc.metrics_addr()
         proc.wait_log("Started the app")
@@ -241,7 +308,10 @@ def test_metrics_after_load_refresh_error_and_change(
         assert metric(page, "ztr_child_up") == 1
         assert metric(page, "ztr_stale") == 0
         assert (metric(page, "ztr_last_success_timestamp_seconds") or 0) > 1.7e9
-        assert metric(page, "ztr_api_calls_total", {"operation": "BatchGetSecretValue", "result": "success"}) == 1
+        assert (
+            metric(page, "ztr_api_calls_total", {"operation": "BatchGetSecretValue", "result": "success"})
+            == 1
+        )
         assert metric(page, "ztr_fetch_duration_seconds_count") == 1
         assert metric(page, "process_resident_memory_bytes") is not None
         fault_proxy.fail_next(50, "throttle")
@@ -249,8 +319,12 @@ def test_metrics_after_load_refresh_error_and_change(
         assert status == 502
         page = http(base + "/metrics")[1]
         assert metric(page, "ztr_refresh_total", {"result": "error"}) == 1
-        assert (metric(page, "ztr_api_calls_total", {"operation": "DescribeSecret",
-                                                     "result": "ThrottlingException"}) or 0) >= 1
+        assert (
+            metric(
+                page, "ztr_api_calls_total", {"operation": "DescribeSecret", "result": "ThrottlingException"}
+            )
+            or 0
+        ) >= 1
         fault_proxy.clear_faults()
         old = metric(page, "ztr_secret_version_info", {"name": "DATABASE_PASSWORD"})
         assert old == 1
@@ -261,10 +335,14 @@ def test_metrics_after_load_refresh_error_and_change(
         assert metric(page, "ztr_secret_changes_total", {"name": "DATABASE_PASSWORD"}) == 1
         assert metric(page, "ztr_child_restarts_total") == 1
         assert metric(page, "ztr_refresh_total", {"result": "success"}) == 1
-        versions = [line for line in page.splitlines()
-                    if line.startswith('ztr_secret_version_info{name="DATABASE_PASSWORD"')]
+        versions = [
+            line
+            for line in page.splitlines()
+            if line.startswith('ztr_secret_version_info{name="DATABASE_PASSWORD"')
+        ]
         assert len(versions) == 1  # the old version's series is gone
-        assert "rotated" not in page and "value-of-" not in page
+        assert "rotated" not in page
+        assert "value-of-" not in page
     finally:
         proc.stop()
 
@@ -275,8 +353,22 @@ def test_readyz_flips_on_first_load_and_on_staleness(
     _seed(sm)
     fault_proxy.latency_seconds = 1.0  # a slow first load: /readyz must say 503 meanwhile
     env = dict(ztr_env, AWS_ENDPOINT_URL_SECRETS_MANAGER=fault_proxy.url)
-    proc = Proc([ztr.ZTR, "watch", *PRESET, "--output", str(shm / "app.env"), "--refresh-interval", "300ms",
-                 "--max-stale", "1s", "--timeout", "6s"], env)
+    proc = Proc(
+        [
+            ztr.ZTR,
+            "watch",
+            *PRESET,
+            "--output",
+            str(shm / "app.env"),
+            "--refresh-interval",
+            "300ms",
+            "--max-stale",
+            "1s",
+            "--timeout",
+            "6s",
+        ],
+        env,
+    )
     try:
         base = proc.metrics_addr()
         assert http(base + "/readyz")[0] == 503
@@ -309,7 +401,9 @@ def test_plan_derives_calls_from_fetch_plan(ztr_env: dict[str, str]) -> None:
 def test_plan_table_shows_quota_and_cost(ztr_env: dict[str, str]) -> None:
     result = ztr.run(["plan", "--pods", "10000", "--secrets", "4"], ztr_env)
     assert result.code == 0
-    assert "DescribeSecret" in result.stdout and "40000" in result.stdout and "$" in result.stdout
+    assert "DescribeSecret" in result.stdout
+    assert "40000" in result.stdout
+    assert "$" in result.stdout
 
 
 def test_demo_runs_and_exits_0(ztr_env: dict[str, str]) -> None:
