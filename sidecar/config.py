@@ -92,8 +92,11 @@ def parse_mode(raw: Any, where: str) -> int:
         if not re.fullmatch(r"[0-7]{3,4}", text):
             raise ConfigError(f"{where}: {raw!r} is not an octal file mode (example: 0600)")
         mode = int(text, 8)
-    if not 0 <= mode <= 0o7777:
-        raise ConfigError(f"{where}: {raw!r} is not a file mode")
+    if not 0 <= mode <= 0o777:
+        # setuid/setgid/sticky make no sense on a secrets file; a TOML decimal 600 (0o1130)
+        # lands here too.
+        hint = ' (in TOML write "0600" or 0o600, not 600)' if isinstance(raw, int) else ""
+        raise ConfigError(f"{where}: {raw!r} is not a file mode between 0000 and 0777{hint}")
     return mode
 
 

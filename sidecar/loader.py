@@ -100,6 +100,11 @@ def extract(binding: refs.Binding, version: SecretVersion) -> list[tuple[str, st
                 f"{binding.name}: secret {version.name} has no JSON key {key!r} (keys: {known})"
             )
     for name, value in pairs:
+        if not refs.is_valid_env_name(name):  # "#*" over an empty key, with no NAME prefix
+            raise SecretValueError(
+                f"{binding.name or '#*'}: secret {version.name} has a JSON key that gives no "
+                "variable name: put a prefix before '=' (as in APP_=...#*)"
+            )
         _check_env_safe(name, value, version.name)
     return pairs
 
@@ -177,7 +182,7 @@ class Loader:
             )
         origin = f"--prefix {prefix}"
         found = [
-            refs.Binding(refs.to_env_name(name[len(prefix):].lstrip("/")), refs.SecretRef(name), origin)
+            refs.Binding(refs.prefixed_env_name(name, prefix), refs.SecretRef(name), origin)
             for name in names
         ]
         return self.declared + tuple(found)
@@ -199,7 +204,13 @@ class Loader:
     def load(self) -> Snapshot:
         """Load once. Raises the first required secret's error (in declaration order)."""
         bindings, results = self.load_all()
-        versions = resolve_outcomes(bindings, results)
+        try:
+            versions = resolve_outcomes(bindings, results)
+        except SecretNotFoundError as exc:
+            explained = self.source.explain_missing(exc)  # the hint costs calls: only now
+            if explained is exc:
+                raise
+            raise explained from exc
         return Snapshot(bindings, versions, build_values(bindings, versions))
 
     def refresh(self, previous: Snapshot) -> tuple[Snapshot, list[str]]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +19,9 @@ MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 def render_shell(values: Mapping[str, str]) -> bytes:
     """``export NAME='...'`` lines: POSIX sh gives back the exact bytes for any value, since
     nothing is special inside single quotes except the quote itself, closed and escaped."""
-    lines = [f"export {name}='" + value.replace("'", "'\\''") + "'\n" for name, value in sorted(values.items())]
+    lines = [
+        f"export {name}='" + value.replace("'", "'\\''") + "'\n" for name, value in sorted(values.items())
+    ]
     return "".join(lines).encode("utf-8")
 
 
@@ -105,14 +110,14 @@ class _AtomicFiles:
         Temp file in the same directory, write, fsync, chmod/chown, rename: a concurrent reader
         sees the old file or the new one, never a part. Returns whether it wrote.
         """
+        if self._unchanged(path, data):
+            return False
+        temp: Path | None = None
         try:
-            if path.read_bytes() == data and (path.stat().st_mode & 0o7777) == self.mode:
-                return False
-        except OSError:
-            pass
-        temp = path.with_name(f".{path.name}.ztr-tmp-{os.getpid()}")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            # A fresh, exclusive, 0600 name: no clash with a stale temp file or a planted symlink.
+            fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".ztr-tmp",
+                                             dir=path.parent)
+            temp = Path(temp_name)
             try:
                 view = memoryview(data)
                 while view:
@@ -125,12 +130,23 @@ class _AtomicFiles:
                 os.close(fd)
             os.replace(temp, path)
         except OSError as exc:
-            try:
-                temp.unlink()
-            except OSError:
-                pass
+            if temp is not None:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
             raise _fail(path, "write", exc) from exc
         return True
+
+    def _unchanged(self, path: Path, data: bytes) -> bool:
+        """The file already holds ``data`` with the wanted mode and owner."""
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) != self.mode:
+                return False
+            if self.owner is not None and (info.st_uid, info.st_gid) != self.owner:
+                return False
+            return info.st_size == len(data) and path.read_bytes() == data
+        except OSError:
+            return False
 
 
 class EnvFileWriter:

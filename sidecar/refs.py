@@ -71,6 +71,18 @@ def to_env_name(text: str) -> str:
     return name
 
 
+def prefixed_env_name(secret_name: str, prefix: str) -> str:
+    """The variable for a secret found under ``--prefix``: the rest of its name, upper-snake.
+
+    ``prod/app/`` + ``database-password`` -> ``DATABASE_PASSWORD``; separators left at the
+    start of the rest are dropped (``prod/app`` + ``/db`` -> ``DB``). A secret named exactly
+    the prefix is named after its last path segment.
+    """
+    rest = secret_name[len(prefix):] if secret_name.startswith(prefix) else secret_name
+    rest = rest.lstrip("/_+=.@-") or secret_name.rstrip("/").rpartition("/")[2]
+    return to_env_name(rest)
+
+
 def is_valid_env_name(name: str) -> bool:
     return _ENV_NAME_RE.fullmatch(name) is not None
 
@@ -98,7 +110,8 @@ def parse_ref(text: str, where: str) -> SecretRef:
         raise ConfigError(f"{where}: empty JSON key after '#' in {text!r}")
     options: dict[str, str] = {}
     for option in query.split("&") if query else ():
-        opt_name, has_value, value = option.partition("=")
+        opt_name, sep, value = option.partition("=")
+        has_value = bool(sep)
         if opt_name not in _OPTION_NAMES:
             raise ConfigError(
                 f"{where}: unknown option {opt_name!r} in {text!r} "
@@ -112,6 +125,12 @@ def parse_ref(text: str, where: str) -> SecretRef:
         options[opt_name] = value
     if "stage" in options and "version" in options:
         raise ConfigError(f"{where}: use either stage= or version=, not both, in {text!r}")
+    version = options.get("version")
+    if version is not None and not 32 <= len(version) <= 64:
+        raise ConfigError(
+            f"{where}: version={version!r} is not a version id (32 to 64 characters, "
+            "as VersionIdsToStages shows them)"
+        )
     encoding = options.get("encoding")
     if encoding not in (None, "base64"):
         raise ConfigError(f"{where}: encoding must be 'base64', not {encoding!r}")
@@ -120,7 +139,7 @@ def parse_ref(text: str, where: str) -> SecretRef:
         key=key or None,
         optional="optional" in options,
         stage=options.get("stage"),
-        version=options.get("version"),
+        version=version,
         encoding=encoding,
     )
 

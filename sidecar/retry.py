@@ -52,11 +52,12 @@ class RetryPolicy:
     def _retry(self, fn: Callable[[], T], deadline: float) -> T:
         import tenacity
 
-        clock = self.clock
+        clock, stop = self.clock, self.stop
 
-        def past_deadline(state: tenacity.RetryCallState) -> bool:
+        def should_stop(state: tenacity.RetryCallState) -> bool:
+            # Give up now rather than sleep past the deadline; stop at once on shutdown.
             upcoming = state.upcoming_sleep or 0.0
-            return clock() + upcoming >= deadline
+            return stop.is_set() or clock() + upcoming >= deadline
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             if self.on_retry and state.outcome is not None:
@@ -69,7 +70,7 @@ class RetryPolicy:
             wait=tenacity.wait_random_exponential(
                 multiplier=self.initial_seconds, max=self.max_backoff_seconds
             ),
-            stop=tenacity.stop_any(past_deadline, tenacity.stop_when_event_set(self.stop)),
+            stop=should_stop,
             sleep=tenacity.sleep_using_event(self.stop),
             before_sleep=before_sleep,
             reraise=True,

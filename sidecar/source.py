@@ -240,6 +240,8 @@ class SecretsManagerSource:
         try:
             while True:
                 page = self._client.list_secrets(**kwargs)
+                if "SecretList" not in page:
+                    raise self._malformed(prefix + "*", "ListSecrets")
                 names.extend(
                     entry["Name"] for entry in page.get("SecretList", [])
                     if entry["Name"].startswith(prefix)

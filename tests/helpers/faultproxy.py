@@ -5,15 +5,8 @@ Tests point ztr at ``proxy.url`` instead of moto, count the API calls that pass 
 cannot: throttling, 5xx, a reset connection, a truncated or malformed body, a slow answer,
 access denied. Point ztr at it with ``AWS_ENDPOINT_URL_SECRETS_MANAGER=proxy.url``.
 
-The ``fault_proxy`` fixture is usable from any test module with (no lint noise, no warning)::
-
-    from tests.helpers import faultproxy
-    from tests.helpers.faultproxy import FaultProxy
-
-    fault_proxy = faultproxy.fault_proxy  # the fixture, by name
-
-or, once the root conftest says ``pytest_plugins = ("tests.helpers.faultproxy",)``, with no
-line at all.
+The root conftest registers this module as a plugin (``pytest_plugins``), so any test can
+ask for the ``fault_proxy`` fixture by name.
 """
 
 from __future__ import annotations

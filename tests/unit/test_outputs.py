@@ -1,0 +1,260 @@
+"""Writers: every format gives back exactly the values that went in; files are atomic,
+mode- and owner-correct, on tmpfs unless allowed otherwise, and not rewritten when unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sidecar.errors import OutputError
+from sidecar.outputs import DirectoryWriter, EnvFileWriter, filesystem_type, render_shell
+
+# Any text an environment variable can hold: every code point but NUL (and lone surrogates,
+# which are not text). Names get a prefix so no shell special variable (PATH, IFS) is hit.
+VALUES = st.text(alphabet=st.characters(blacklist_characters="\x00",
+                                        blacklist_categories=("Cs",)), max_size=40)
+NASTY = st.sampled_from(["", " lead", "trail ", "'", '"', "\\", "$HOME", "${HOME}", "`id`",
+                         "$(id)", "a\nb", "a\r\nb", "\n", "\\n", "#", "x # c", "=", "é✓😀",
+                         "'\\''", "\t", "\\\"", "a\\", "!", "%s", "\x7f\x01"])
+ENV_VALUES = st.dictionaries(
+    st.from_regex(r"ZV_[A-Z0-9_]{0,8}", fullmatch=True), st.one_of(VALUES, NASTY),
+    min_size=1, max_size=6)
+EXAMPLES = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def source_with_sh(env_file: Path, names: list[str], out: Path) -> dict[str, bytes]:
+    """``set -a; . FILE`` in POSIX sh, then each variable printed back into its own file."""
+    script = "set -a; . \"$1\"; shift; for n; do eval \"printf %s \\\"\\${$n}\\\"\" > \"$OUT/$n\"; done"
+    subprocess.run(["sh", "-c", script, "sh", str(env_file), *names], check=True,
+                   env={"OUT": str(out), "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    return {name: (out / name).read_bytes() for name in names}
+
+
+@given(values=ENV_VALUES)
+@EXAMPLES
+def test_shell_format_sourced_by_sh_gives_back_exact_bytes(shm: Path, values: dict[str, str]) -> None:
+    out = shm / "printed"
+    out.mkdir(exist_ok=True)
+    path = shm / "env.sh"
+    EnvFileWriter(str(path), "shell").write(values)
+    printed = source_with_sh(path, sorted(values), out)
+    assert printed == {name: value.encode("utf-8") for name, value in values.items()}
+
+
+@given(values=ENV_VALUES)
+@EXAMPLES
+def test_dotenv_format_read_by_python_dotenv_gives_back_values(shm: Path, values: dict[str, str]) -> None:
+    path = shm / "app.env"
+    EnvFileWriter(str(path), "dotenv").write(values)
+    assert dotenv_values(path, interpolate=False) == values
+
+
+@given(values=ENV_VALUES)
+@EXAMPLES
+def test_json_format_loads_back_values(shm: Path, values: dict[str, str]) -> None:
+    path = shm / "env.json"
+    EnvFileWriter(str(path), "json").write(values)
+    assert json.loads(path.read_bytes()) == values
+
+
+@given(values=ENV_VALUES)
+@EXAMPLES
+def test_directory_files_hold_exactly_each_value(shm: Path, values: dict[str, str]) -> None:
+    directory = Path(tempfile.mkdtemp(dir=shm)) / "secrets"  # fresh for each example
+    DirectoryWriter(str(directory)).write(values)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == {
+        name: value.encode("utf-8") for name, value in values.items()}
+
+
+def test_shell_format_quotes_every_value() -> None:
+    assert render_shell({"B": "it's", "A": "$x"}) == b"export A='$x'\nexport B='it'\\''s'\n"
+
+
+def test_dotenv_interpolation_expands_dollar_braces(shm: Path) -> None:
+    """Documented: python-dotenv's default interpolate=True expands ${...}; read with False."""
+    path = shm / "app.env"
+    EnvFileWriter(str(path), "dotenv").write({"A": "pa${HOME}ss"})
+    assert dotenv_values(path, interpolate=False)["A"] == "pa${HOME}ss"
+    assert dotenv_values(path, interpolate=True)["A"] != "pa${HOME}ss"
+
+
+# -- file mode, owner ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["shell", "dotenv", "json"])
+def test_env_file_default_mode_is_0600(shm: Path, fmt: str) -> None:
+    path = shm / "env"
+    old = os.umask(0)  # the mode must not depend on the umask
+    try:
+        EnvFileWriter(str(path), fmt).write({"A": "1"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o440, 0o640, 0o644])
+def test_writers_file_mode_is_applied(shm: Path, mode: int) -> None:
+    EnvFileWriter(str(shm / "env"), "shell", mode=mode).write({"A": "1"})
+    DirectoryWriter(str(shm / "dir"), mode=mode).write({"A": "1", "B": "2"})
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in [shm / "env", shm / "dir" / "A", shm / "dir" / "B"]}
+    assert modes == {mode}
+
+
+def test_writers_mode_change_alone_rewrites(shm: Path) -> None:
+    path = shm / "env"
+    EnvFileWriter(str(path), "shell", mode=0o600).write({"A": "1"})
+    assert EnvFileWriter(str(path), "shell", mode=0o640).write({"A": "1"})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_writers_owner_is_applied_as_root(shm: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"--owner needs root to chown; this test runs as uid {os.geteuid()}")
+    EnvFileWriter(str(shm / "env"), "shell", owner=(12345, 23456)).write({"A": "1"})
+    DirectoryWriter(str(shm / "dir"), owner=(12345, 12345)).write({"A": "1"})
+    info, dir_info = (shm / "env").stat(), (shm / "dir" / "A").stat()
+    assert (info.st_uid, info.st_gid) == (12345, 23456)
+    assert (dir_info.st_uid, dir_info.st_gid) == (12345, 12345)
+    # A different owner alone is a reason to rewrite.
+    assert EnvFileWriter(str(shm / "env"), "shell", owner=(12346, 23456)).write({"A": "1"})
+    assert (shm / "env").stat().st_uid == 12346
+
+
+def test_writers_owner_without_root_fails_with_73(shm: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("as root every chown succeeds")
+    with pytest.raises(OutputError, match="setting an owner needs root"):
+        EnvFileWriter(str(shm / "env"), "shell", owner=(0, 0)).write({"A": "1"})
+
+
+# -- tmpfs ------------------------------------------------------------------------------------
+
+
+def disk_directory(tmp_path: Path) -> Path:
+    for candidate in (tmp_path, Path(__file__).resolve().parent, Path.home()):
+        if filesystem_type(str(candidate)) not in ("tmpfs", "ramfs", "unknown"):
+            return candidate
+    pytest.skip("no directory on a disk filesystem found to test the tmpfs refusal")
+
+
+def test_filesystem_type_dev_shm_is_tmpfs() -> None:
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm here")
+    assert filesystem_type("/dev/shm") == "tmpfs"
+
+
+def test_env_file_on_disk_is_refused_with_73(tmp_path: Path) -> None:
+    base = disk_directory(tmp_path)
+    target = base / "ztr-refused" / "env"
+    with pytest.raises(OutputError) as caught:
+        EnvFileWriter(str(target), "shell").write({"A": "1"})
+    assert caught.value.exit_code == 73
+    assert "not tmpfs" in str(caught.value)
+    assert "--allow-disk" in str(caught.value)
+    assert not target.exists()
+
+
+def test_env_file_on_disk_with_allow_disk_is_written(tmp_path: Path) -> None:
+    target = disk_directory(tmp_path) / f"ztr-allowed-{os.getpid()}" / "env"
+    try:
+        assert EnvFileWriter(str(target), "shell", allow_disk=True).write({"A": "1"})
+        assert target.read_bytes() == b"export A='1'\n"
+    finally:
+        target.unlink(missing_ok=True)
+        target.parent.rmdir()
+
+
+def test_directory_writer_on_disk_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="not tmpfs"):
+        DirectoryWriter(str(disk_directory(tmp_path) / "ztr-secrets")).write({"A": "1"})
+
+
+def test_env_file_parent_is_a_file_fails_with_73(shm: Path) -> None:
+    (shm / "file").write_text("x")
+    with pytest.raises(OutputError) as caught:
+        EnvFileWriter(str(shm / "file" / "env"), "shell").write({"A": "1"})
+    assert caught.value.exit_code == 73
+    assert str(shm / "file") in str(caught.value)
+
+
+def test_env_file_target_is_a_directory_fails_with_73(shm: Path) -> None:
+    (shm / "env").mkdir()
+    with pytest.raises(OutputError, match="cannot write"):
+        EnvFileWriter(str(shm / "env"), "shell").write({"A": "1"})
+    assert sorted(p.name for p in shm.iterdir()) == ["env"]  # no temp file left behind
+
+
+# -- atomic, unchanged ------------------------------------------------------------------------
+
+
+def test_env_file_replace_is_atomic_under_a_concurrent_reader(shm: Path) -> None:
+    path = shm / "env"
+    big = {f"K{i}": "x" * 2000 for i in range(64)}  # ~130 KB: many write() calls' worth
+    versions = [dict(big, GEN=str(n)) for n in range(2)]
+    writer = EnvFileWriter(str(path), "json")
+    writer.write(versions[0])
+    expected = {path.read_bytes()}
+    writer.write(versions[1])
+    expected.add(path.read_bytes())
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.append(path.read_bytes())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n in range(200):
+            writer.write(versions[n % 2])
+    finally:
+        done.set()
+        reader.join(timeout=10)
+    assert seen
+    assert set(seen) <= expected  # never a partial or empty file
+
+
+def test_env_file_unchanged_values_are_not_rewritten(shm: Path) -> None:
+    path = shm / "env"
+    writer = EnvFileWriter(str(path), "shell")
+    assert writer.write({"A": "1", "B": "2"})
+    before = path.stat()
+    assert not writer.write({"B": "2", "A": "1"})
+    after = path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert writer.write({"A": "1", "B": "3"})
+    assert path.stat().st_ino != before.st_ino  # replaced by rename, not rewritten in place
+
+
+def test_directory_writer_unchanged_not_rewritten_and_removed_names_deleted(shm: Path) -> None:
+    directory = shm / "secrets"
+    writer = DirectoryWriter(str(directory))
+    writer.write({"A": "1", "B": "2"})
+    inode = (directory / "A").stat().st_ino
+    assert not writer.write({"A": "1", "B": "2"})
+    assert writer.write({"A": "1"})
+    assert sorted(p.name for p in directory.iterdir()) == ["A"]
+    assert (directory / "A").stat().st_ino == inode
+
+
+def test_writers_leave_no_temp_files(shm: Path) -> None:
+    for n in range(3):
+        EnvFileWriter(str(shm / "env"), "dotenv").write({"A": str(n)})
+    assert [p.name for p in shm.iterdir()] == ["env"]
+
+
+def test_env_file_created_directory_is_private(shm: Path) -> None:
+    EnvFileWriter(str(shm / "new" / "deeper" / "env"), "shell").write({"A": "1"})
+    assert stat.S_IMODE((shm / "new" / "deeper").stat().st_mode) == 0o700
