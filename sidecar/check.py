@@ -20,7 +20,7 @@ from .errors import (
     ZtrError,
 )
 from .loader import extract
-from .source import SecretVersion
+from .source import SecretsManagerSource, SecretVersion
 
 OK = "ok"
 
@@ -64,7 +64,8 @@ def classify(error: ZtrError) -> str:
     return "error"
 
 
-def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None) -> Row:
+def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None,
+         source: SecretsManagerSource) -> Row:
     label = binding.name + "*" if binding.is_wildcard else binding.name
     row = Row(label, binding.ref.secret_id, not binding.ref.optional, OK)
     if isinstance(outcome, SecretVersion):
@@ -77,6 +78,8 @@ def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None) -> Row
         if isinstance(outcome, SecretNotFoundError) and binding.ref.optional:
             row.result, row.detail = "missing (optional)", str(outcome)
         else:
+            if isinstance(outcome, SecretNotFoundError):
+                outcome = source.explain_missing(outcome)  # "did you mean ...", only when reported
             row.result, row.exit_code, row.detail = classify(outcome), outcome.exit_code, str(outcome)
     return row
 
@@ -98,7 +101,7 @@ def run(config: Config, out: IO[str] | None = None) -> int:
         bindings, results = (), {}
         rows = [Row("*", config.prefix or "(all)", True, classify(exc), exc.exit_code, str(exc))]
     else:
-        rows = [_row(b, results.get(b.ref.fetch_key)) for b in bindings]
+        rows = [_row(b, results.get(b.ref.fetch_key), loader.source) for b in bindings]
     for row, binding in zip(rows, bindings, strict=False):
         if row.result in (OK, "bad JSON key", "not JSON", "not UTF-8", "bad value"):
             _add_rotation(loader, binding.ref.secret_id, row)

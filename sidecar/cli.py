@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -101,11 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout closed early (`ztr plan | head`): say nothing more, as the shell tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
-    except Exception as exc:  # one line, never a traceback: frames may hold values
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback
+        # Frames only (file, line, function): exception messages and locals may hold values.
         logs.error(f"internal error: {type(exc).__name__}", exit_code=EXIT_INTERNAL,
                    where=_where(exc))
-        if config.log_level == "debug":
-            raise
+        logs.debug("internal error frames", frames=[
+            f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
+            for frame in traceback.extract_tb(exc.__traceback__)])
         return EXIT_INTERNAL
 
 

@@ -163,6 +163,9 @@ def _parse_list(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item.strip())
 
 
+_UNSET: Any = object()  # "not given", as opposed to a value that parses to None
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configurable value: its flag, its ZTR_* variable and its TOML key come from ``key``."""
@@ -420,27 +423,30 @@ def load(
     relevant = [s for s in SETTINGS if command in s.commands]
 
     def from_flag_or_env(setting: Setting) -> Any:
+        """The parsed value, or _UNSET. A parsed None is a real value (``--metrics-addr off``)."""
         raw = flags.get(setting.key)
         if raw is not None and raw != []:
             return setting.parse(raw, setting.flag)
         if setting.env in env and env[setting.env].strip():
             return setting.parse(env[setting.env], setting.env)
-        return None
+        return _UNSET
 
-    config_path = from_flag_or_env(SETTINGS_BY_KEY["config"]) if command in _LOADING else None
-    file_values, file_bindings = _file_settings(config_path, command) if config_path else ({}, [])
+    config_path = from_flag_or_env(SETTINGS_BY_KEY["config"]) if command in _LOADING else _UNSET
+    file_values, file_bindings = (
+        _file_settings(config_path, command) if config_path is not _UNSET else ({}, [])
+    )
 
     values: dict[str, Any] = {}
     for setting in relevant:
         value = from_flag_or_env(setting)
-        if value is None:
-            value = file_values.get(setting.key)
-        if value is None:
+        if value is _UNSET:
+            value = file_values.get(setting.key, _UNSET)
+        if value is _UNSET:
             for name in setting.fallback_env:
                 if env.get(name, "").strip():
                     value = setting.parse(env[name], name)
                     break
-        values[setting.key] = setting.default if value is None else value
+        values[setting.key] = setting.default if value is _UNSET else value
 
     bindings: list[refs.Binding] = []
     secret_setting = SETTINGS_BY_KEY["secret"]

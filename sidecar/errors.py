@@ -69,3 +69,7 @@ class AccessDeniedError(ZtrError):
 
 class TransientError(UnavailableError):
     """One failed attempt that is worth retrying (throttling, 5xx, network)."""
+
+    def __init__(self, message: str, *, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.throttled = throttled

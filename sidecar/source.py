@@ -41,6 +41,9 @@ _TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
     }
 )
+_THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+)
 _DENIED_CODES = frozenset(
     {
         "AccessDeniedException",
@@ -178,7 +181,8 @@ class SecretsManagerSource:
         if code in _TRANSIENT_CODES or status >= 500:
             return TransientError(
                 f"{secret_id}: Secrets Manager at {self.endpoint} answered {code} "
-                f"(HTTP {status}); retrying until the deadline"
+                f"(HTTP {status}); retrying until the deadline",
+                throttled=code in _THROTTLING_CODES,
             )
         if code == "DecryptionFailure" or (code in _DENIED_CODES and "kms" in message.lower()):
             return AccessDeniedError(
@@ -289,6 +293,15 @@ class SecretsManagerSource:
                         "BatchGetSecretValue denied: falling back to one GetSecretValue per "
                         "secret; grant secretsmanager:BatchGetSecretValue on * for "
                         "ceil(N/20) calls", secrets=len(keys))
+                except TransientError as exc:
+                    if not exc.throttled:
+                        raise
+                    # BatchGetSecretValue's quota is 100/s per account, GetSecretValue's
+                    # 10,000/s: when a fleet rollout exhausts the first, this load uses the second.
+                    from . import logs
+
+                    logs.warning("BatchGetSecretValue throttled: this load uses GetSecretValue",
+                                 secrets=len(chunk))
             single.extend(chunk)
         for key in single:
             try:

@@ -361,3 +361,18 @@ def test_config_env_vars_lists_one_variable_per_setting() -> None:
     assert {"ZTR_SECRETS", "ZTR_PREFIX", "ZTR_TIMEOUT", "ZTR_OUTPUT", "ZTR_ALLOW_DISK",
             "ZTR_ENABLED", "ZTR_CONFIG", "ZTR_PRESET"} <= config_mod.ENV_VARS
     assert len(config_mod.ENV_VARS) == len({s.key for s in config_mod.SETTINGS})
+
+
+@pytest.mark.parametrize("source", ["flag", "variable", "file"])
+def test_config_metrics_addr_off_disables_endpoints(source: str, tmp_path: Path) -> None:
+    flags: dict[str, object] = {"output": "/dev/shm/x.env"}
+    environ = {"ZTR_SECRETS": "A=prod/a"}
+    if source == "flag":
+        flags["metrics_addr"] = "off"
+    elif source == "variable":
+        environ["ZTR_METRICS_ADDR"] = "off"
+    else:
+        toml = tmp_path / "ztr.toml"
+        toml.write_text('metrics_addr = "off"\n')
+        flags["config"] = str(toml)
+    assert config_mod.load("watch", flags, environ=environ).metrics_addr is None

@@ -181,8 +181,24 @@ def test_get_many_batch_denied_falls_back_to_single_calls(
     assert [v.value for v in second.values()] == ["1", "2"]  # type: ignore[union-attr]
 
 
-def test_get_many_batch_throttled_raises_transient(stub: Stubber, source: SecretsManagerSource) -> None:
+def test_get_many_batch_throttled_falls_back_to_single_calls(
+    stub: Stubber, source: SecretsManagerSource
+) -> None:
     stub.add_client_error("batch_get_secret_value", "ThrottlingException", "Rate exceeded", 400)
+    for name in ("a", "b"):
+        arn = f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}-AbCdEf"
+        stub.add_response("get_secret_value", {"Name": name, "ARN": arn, "VersionId": VERSION,
+                                               "SecretString": name})
+    results = source.get_many(current("a", "b"))
+    assert sorted(v.value for v in results.values() if not isinstance(v, Exception)) == ["a", "b"]
+    stub.assert_no_pending_responses()
+
+
+def test_get_many_batch_and_single_throttled_raises_transient(
+    stub: Stubber, source: SecretsManagerSource
+) -> None:
+    stub.add_client_error("batch_get_secret_value", "ThrottlingException", "Rate exceeded", 400)
+    stub.add_client_error("get_secret_value", "ThrottlingException", "Rate exceeded", 400)
     with pytest.raises(TransientError, match="ThrottlingException"):
         source.get_many(current("a", "b"))
 
