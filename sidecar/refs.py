@@ -150,7 +150,9 @@ def parse_binding(entry: str, origin: str) -> Binding:
     name = name.strip()
     if not has_eq or not ref_text.strip():
         raise ConfigError(f"{origin}: expected NAME=REF, got {entry.strip()!r}")
-    ref = parse_ref(ref_text.strip(), f"{origin} {name}")
+    # "environment variable DB" already names the variable; "--secret" does not.
+    where = origin if origin.endswith(f" {name}") else f"{origin} {name}"
+    ref = parse_ref(ref_text.strip(), where)
     if ref.key == ALL_KEYS:
         if name and not is_valid_env_name(name):
             raise ConfigError(f"{origin}: {name!r} is not a valid variable name prefix")
