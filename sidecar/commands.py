@@ -234,8 +234,14 @@ class Runtime:
         from .watcher import Watcher
 
         def on_update(new: Snapshot, changed: list[str]) -> None:
-            self.redactor.update(new.secret_values())
+            if changed:
+                self.redactor.update(new.secret_values())
             written = write_all(writers, new.values)
+            if not changed:
+                if written:
+                    logs.warning("An output was missing or altered on disk; rewrote it",
+                                 rewritten=written)
+                return
             for name in changed:
                 self.metrics.secret_changes_total.labels(name).inc()
             self.metrics.set_versions(new.version_ids())

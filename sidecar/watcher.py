@@ -35,7 +35,8 @@ class _Request:
         self.outcome: Outcome | None = None
 
 
-# on_update(snapshot, changed): outputs and metrics, right after a change is detected.
+# on_update(snapshot, changed): outputs and metrics after every successful check (changed may
+# be empty); raising ZtrError fails the cycle.
 UpdateHook = Callable[[Snapshot, list[str]], None]
 # on_react(snapshot, changed) -> None when done, or seconds after which to try again.
 ReactHook = Callable[[Snapshot, list[str]], "float | None"]
@@ -132,19 +133,22 @@ class Watcher:
         started = self.clock()
         try:
             snapshot, changed = self.loader.refresh(self.snapshot)
+            # Every cycle, not only on a change: writers skip unchanged bytes, so an output that
+            # was deleted or altered on disk heals here. A failed write keeps the previous
+            # snapshot, so the next cycle sees the change again and retries it.
+            self.on_update(snapshot, changed)
         except ZtrError as exc:
             self.failures += 1
-            outcome = Outcome(ok=False, error=str(exc), exit_code=exc.exit_code,
-                              duration_seconds=self.clock() - started)
-            self.on_cycle(outcome)
-            return outcome
+            failed = Outcome(ok=False, error=str(exc), exit_code=exc.exit_code,
+                             duration_seconds=self.clock() - started)
+            self.on_cycle(failed)
+            return failed
         self.failures = 0
         self.last_success = self.clock()
         self.snapshot = snapshot
         outcome = Outcome(ok=True, changed=changed, versions=snapshot.version_ids(),
                           duration_seconds=self.clock() - started)
         if changed:
-            self.on_update(snapshot, changed)
             self._pending = sorted(set(self._pending) | set(changed))
             # The first change opens the debounce window; later ones do not extend it, but a
             # reaction postponed for longer (failed --verify, restart budget) is brought forward.

@@ -313,3 +313,19 @@ def test_run_sigterm_during_phase_exits_cleanly_without_orphans(
     assert "value=v2" not in proc.stdout
     for pid in child_pids:
         assert not os.path.exists(f"/proc/{pid}") or "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+def test_watch_deleted_output_is_rewritten_next_cycle(sm: Any, ztr_env: dict[str, str], shm: Path) -> None:
+    sm.create_secret(Name=SECRET, SecretString="v1")
+    out = shm / "app.env"
+    proc = Proc([ZTR, "watch", "--secret", f"DB={SECRET}", "--output", str(out),
+                 "--refresh-interval", "200ms"], ztr_env)
+    try:
+        proc.wait_log("Wrote secrets; watching for changes")
+        out.unlink()
+        proc.wait_until(out.exists, timeout=5, what="the output to come back")
+        assert out.read_text() == "export DB='v1'\n"
+        assert oct(out.stat().st_mode & 0o777) == "0o600"
+        proc.wait_log("An output was missing or altered on disk; rewrote it")
+    finally:
+        assert proc.stop() == 0
