@@ -401,13 +401,19 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         except StartupInterruptedError as exc:
             return exc.code
         write_all(writers, snapshot.values)
+        check_environment_fits(snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         return _exec(config.command_args, env)
+    # Until the supervisor's own handlers are in place, a HUP/QUIT/USR1/USR2 must not kill ztr
+    # (their default action): there is no app to forward them to yet.
+    for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, _held)
     try:
         runtime, loader, snapshot, writers = _start_resident(config, redactor)
     except StartupInterruptedError as exc:
         return exc.code
     try:
+        check_environment_fits(snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         reactor = Reactor(config, runtime.metrics)
         runtime.start_watcher(loader, snapshot, writers, reactor.react)
@@ -418,6 +424,25 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         return exc.exit_code
     finally:
         runtime.shutdown()
+
+
+def _held(signum: int, frame: object) -> None:
+    logs.info("Signal received before the app started: not forwarded", signal=signal.Signals(signum).name)
+
+
+MAX_ARG_STRLEN = 131072  # Linux: one "NAME=value" string passed to exec, at most 32 pages
+
+
+def check_environment_fits(values: dict[str, str] | Any) -> None:
+    """Raises SecretValueError (65) naming a variable too large for any exec."""
+    from .errors import SecretValueError
+
+    for name, value in values.items():
+        size = len(name.encode()) + len(value.encode()) + 2
+        if size > MAX_ARG_STRLEN:
+            raise SecretValueError(
+                f"{name}: {size} bytes, over the kernel's {MAX_ARG_STRLEN}-byte limit for one "
+                "environment variable: read it from --output or --output-dir instead")
 
 
 def _exec(argv: tuple[str, ...], env: dict[str, str]) -> int:

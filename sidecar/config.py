@@ -158,8 +158,56 @@ def parse_on_change(raw: Any, where: str) -> OnChange:
     return OnChange(action)
 
 
+_HOST_LABEL_RE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")  # botocore's region check
+_NAME_PART_RE = re.compile(r"[A-Za-z0-9/_+=.@-]+")  # what a secret name may hold
+_KMS_KEY_RE = re.compile(
+    r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/[A-Za-z0-9/_-]+|alias/[A-Za-z0-9/_-]+"
+    r"|(mrk-)?[0-9a-fA-F-]{32,36}")
+
+
+def parse_region(raw: Any, where: str) -> str:
+    text = parse_text(raw, where)
+    if not _HOST_LABEL_RE.fullmatch(text):
+        raise ConfigError(f"{where}: {raw!r} is not an AWS region (example: us-east-1)")
+    return text
+
+
+def parse_url(raw: Any, where: str) -> str:
+    import urllib.parse
+
+    text = parse_text(raw, where)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{where}: {raw!r} is not an http(s) URL "
+                          "(example: https://secretsmanager.us-east-1.amazonaws.com)")
+    return text
+
+
+def parse_name_part(raw: Any, where: str) -> str:
+    text = parse_text(raw, where)
+    if not _NAME_PART_RE.fullmatch(text):
+        raise ConfigError(f"{where}: {raw!r} cannot be part of a secret name "
+                          "(names use A-Z a-z 0-9 / _ + = . @ -)")
+    return text
+
+
+def parse_kms_keys(raw: Any, where: str) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple)) and any(isinstance(i, str) and not i.strip() for i in raw):
+        raise ConfigError(f"{where}: empty KMS key id")
+    keys = _parse_list(raw, where)
+    for key in keys:
+        if not _KMS_KEY_RE.fullmatch(key):
+            raise ConfigError(f"{where}: {key!r} is not a KMS key id, key ARN or alias")
+    return keys
+
+
 def _parse_list(raw: Any, where: str) -> tuple[str, ...]:
-    items = [str(item) for item in raw] if isinstance(raw, (list, tuple)) else refs.split_entries(str(raw))
+    if isinstance(raw, (list, tuple)) and all(isinstance(item, str) for item in raw):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = refs.split_entries(raw)
+    else:
+        raise ConfigError(f"{where}: expected a string or a list of strings, got {raw!r}")
     return tuple(item.strip() for item in items if item.strip())
 
 
@@ -193,22 +241,22 @@ SETTINGS: tuple[Setting, ...] = (
     # What to load.
     Setting("secret", _parse_list, (), "declare a secret: NAME=REF (repeatable)", _LOADING,
             env="ZTR_SECRETS", repeat=True, metavar="NAME=REF"),
-    Setting("prefix", parse_text, None, "load every secret whose name starts with PREFIX",
+    Setting("prefix", parse_name_part, None, "load every secret whose name starts with PREFIX",
             _LOADING, metavar="PREFIX"),
     Setting("config", parse_text, None, "TOML file with settings and a [secrets] table",
             _LOADING, metavar="FILE"),
     Setting("preset", _choice(PRESETS), None, "a built-in secret set: zero-to-running",
             _LOADING, metavar="NAME"),
-    Setting("environment", parse_text, "production",
+    Setting("environment", parse_name_part, "production",
             "environment for the preset's names (else NODE_ENV, else production)",
             _LOADING, fallback_env=("NODE_ENV",), metavar="ENV"),
     Setting("enabled", parse_bool, True,
             "false: contact no AWS endpoint and pass the environment through unchanged",
             _LOADING, metavar="BOOL"),
     # Where to load it from.
-    Setting("region", parse_text, "us-east-1", "AWS region (else AWS_REGION, AWS_DEFAULT_REGION)",
+    Setting("region", parse_region, "us-east-1", "AWS region (else AWS_REGION, AWS_DEFAULT_REGION)",
             _LOADING, fallback_env=("AWS_REGION", "AWS_DEFAULT_REGION")),
-    Setting("endpoint_url", parse_text, None,
+    Setting("endpoint_url", parse_url, None,
             "Secrets Manager endpoint (else boto3's AWS_ENDPOINT_URL_SECRETS_MANAGER)",
             _LOADING, metavar="URL"),
     Setting("timeout", parse_duration, 60.0, "deadline for the whole load, retries included",
@@ -265,7 +313,7 @@ SETTINGS: tuple[Setting, ...] = (
     # ztr check / iam-policy / plan.
     Setting("report_format", _choice(REPORT_FORMATS), "table", "table or json",
             frozenset({"check", "plan"}), flag="--format"),
-    Setting("kms_key", _parse_list, (), "add kms:Decrypt on this key ARN (repeatable)",
+    Setting("kms_key", parse_kms_keys, (), "add kms:Decrypt on this key ARN (repeatable)",
             frozenset({"iam-policy"}), env="ZTR_KMS_KEYS", repeat=True, metavar="ARN"),
     Setting("pods", parse_int, 10, "number of pods (or tasks) in the fleet", frozenset({"plan"}),
             metavar="N"),
@@ -346,7 +394,7 @@ def _read_toml(path: str) -> dict[str, Any]:
             data = tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: not valid TOML ({exc})") from exc
     return data
 

@@ -32,6 +32,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Members of the child's group that are not ztr's children send no SIGCHLD when they die:
 # while waiting for them, look this often.
 _SETTLE_POLL_SECONDS = 0.05
+_MAX_WAIT_SECONDS = 3600.0  # epoll refuses waits over 2**31 ms (~24.8 days): wake up and re-check
 _ALL_SIGNALS = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
@@ -318,7 +319,7 @@ class Supervisor:
     def _timeout(self) -> float | None:
         if self._stop_deadline is None or self._killed:
             return None
-        remaining = max(0.0, self._stop_deadline - self.clock())
+        remaining = min(max(0.0, self._stop_deadline - self.clock()), _MAX_WAIT_SECONDS)
         return remaining if self.pid is not None else min(remaining, _SETTLE_POLL_SECONDS)
 
     def _grace_over(self) -> bool:

@@ -14,6 +14,7 @@ from .errors import ZtrError
 from .loader import Loader, Snapshot
 
 JITTER_LOW = 0.8  # each wait is interval x U(0.8, 1.0): never later than the interval
+MAX_WAIT_SECONDS = 3600.0  # one wait call at most; Event.wait overflows on huge timeouts
 FAILURE_BACKOFF_SECONDS = 5.0  # first retry after a failed cycle; doubles up to the interval
 
 
@@ -106,7 +107,7 @@ class Watcher:
             next_check = self.clock() + self._next_wait()
             while not self.stop.is_set():
                 due = next_check if self._react_at is None else min(next_check, self._react_at)
-                self._wake.wait(max(0.0, due - self.clock()))
+                self._wake.wait(min(max(0.0, due - self.clock()), MAX_WAIT_SECONDS))
                 self._wake.clear()
                 if self.stop.is_set():
                     break
