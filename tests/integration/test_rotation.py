@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.print_signals import children_of
 from tests.helpers.proc import Proc, http, metric
 from tests.helpers.ztr import ZTR, ZTR_RUN
 
@@ -29,20 +30,6 @@ def _metrics(proc: Proc) -> str:
     status, body = http(proc.metrics_addr() + "/metrics")
     assert status == 200
     return body
-
-
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid:
-                    out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 def test_watch_rotation_rewrites_file_within_interval(sm: Any, ztr_env: dict[str, str], shm: Path) -> None:
@@ -296,10 +283,10 @@ def test_run_sigterm_during_phase_exits_cleanly_without_orphans(
         assert code == 128 + signal.SIGTERM
         assert time.monotonic() - started < 5
         assert proc.count_log("Stopped during start-up: nothing was started") == 1
-        assert not _children_of(proc.pid)
+        assert not list(children_of(proc.pid))
         return
     proc.wait_stdout("value=v1")
-    child_pids = _children_of(proc.pid)
+    child_pids = list(children_of(proc.pid))
     if phase == "restart":
         sm.put_secret_value(SecretId=SECRET, SecretString="v2")
         _refresh(proc)

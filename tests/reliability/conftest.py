@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import print_signals
+
 _TALLY = pytest.StashKey[Counter[str]]()
 
 
@@ -141,17 +143,7 @@ def proc_state(pid: int) -> str | None:
 
 
 def children_of(ppid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == ppid:
-                found.append(int(entry))
-    return found
+    return list(print_signals.children_of(ppid))
 
 
 def wait_gone(pid: int, timeout: float = 5.0) -> bool:

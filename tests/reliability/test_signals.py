@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +66,6 @@ def final_sigterm(proc: Proc, expected: int = 143) -> None:
     assert not any("Traceback" in line for line in proc.stderr)
 
 
-@pytest.fixture
-def slow_proxy(endpoint: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(endpoint)
-    proxy.start()
-    yield proxy
-    proxy.stop()
-
-
 def _start(sm: Any, ztr_env: dict[str, str], proxy: FaultProxy | None, *extra: str,
            child: list[str] | None = None) -> Proc:
     sm.create_secret(Name=SECRET, SecretString="v1")
@@ -87,16 +78,16 @@ def _start(sm: Any, ztr_env: dict[str, str], proxy: FaultProxy | None, *extra: s
 
 @pytest.mark.parametrize("phase", ["run", "load", "retry"])
 def test_run_signal_burst_reaches_child_then_sigterm_lands(
-    sm: Any, ztr_env: dict[str, str], slow_proxy: FaultProxy, phase: str
+    sm: Any, ztr_env: dict[str, str], fault_proxy: FaultProxy, phase: str
 ) -> None:
     extra = ["--refresh-interval", "1h" if phase == "run" else "100ms", "--timeout", "2s"]
-    proc = _start(sm, ztr_env, slow_proxy, *extra)
+    proc = _start(sm, ztr_env, fault_proxy, *extra)
     try:
         proc.wait_stdout("ready")
         if phase == "load":  # every refresh now takes 300 ms per request
-            slow_proxy.latency_seconds = 0.3
+            fault_proxy.latency_seconds = 0.3
         elif phase == "retry":  # every refresh is throttled and retrying until its deadline
-            slow_proxy.fail_next(10**6, "throttle")
+            fault_proxy.fail_next(10**6, "throttle")
             proc.wait_log("Secrets Manager call failed; retrying", timeout=10)
         for round_number in range(3):
             start = len(proc.stdout)
@@ -105,7 +96,7 @@ def test_run_signal_burst_reaches_child_then_sigterm_lands(
         assert len(pids_of(proc)) == 1, "the child was restarted"
         no_zombies(proc.pid)
         if phase == "retry":
-            assert slow_proxy.calls("DescribeSecret") >= 2
+            assert fault_proxy.calls("DescribeSecret") >= 2
         started = time.monotonic()
         final_sigterm(proc)
         assert time.monotonic() - started < 5  # a retry backoff or slow call does not hold it
@@ -151,10 +142,10 @@ def test_run_signal_burst_during_restart_reaches_old_then_new_child(
 
 
 def test_run_signal_burst_during_startup_load_does_not_kill_ztr(
-    sm: Any, ztr_env: dict[str, str], slow_proxy: FaultProxy
+    sm: Any, ztr_env: dict[str, str], fault_proxy: FaultProxy
 ) -> None:
-    slow_proxy.latency_seconds = 1.0
-    proc = _start(sm, ztr_env, slow_proxy, "--refresh-interval", "1h", "--timeout", "10s")
+    fault_proxy.latency_seconds = 1.0
+    proc = _start(sm, ztr_env, fault_proxy, "--refresh-interval", "1h", "--timeout", "10s")
     try:
         proc.wait_log("Loading secrets from AWS Secrets Manager", timeout=10)
         for signum in BURST:
@@ -164,7 +155,7 @@ def test_run_signal_burst_during_startup_load_does_not_kill_ztr(
         code = proc.popen.poll()
         assert code is None, f"ztr-run died of the burst during its start-up load: exit {code}"
         proc.wait_stdout("ready", timeout=10)
-        slow_proxy.latency_seconds = 0.0
+        fault_proxy.latency_seconds = 0.0
         start = len(proc.stdout)
         burst(proc.pid)
         wait_all_kinds(proc, start, "after a burst during the load")
