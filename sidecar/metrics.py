@@ -139,6 +139,14 @@ class Endpoints:
         return str(bound[0]), int(bound[1])
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        """Stop serving without waiting: ``shutdown()`` blocks until serve_forever's next poll
+        (up to 0.5 s), which would delay ztr's exit after the app's. The thread is a daemon."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+
+        def close() -> None:
+            server.shutdown()
+            server.server_close()
+
+        threading.Thread(target=close, name="ztr-http-stop", daemon=True).start()
