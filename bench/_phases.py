@@ -1,0 +1,137 @@
+"""Run as a script (a fresh interpreter each time): time the phases of ``ztr-run --once`` or of
+the hand-written boto3 script, print them as JSON on stdout, then exec ``true`` as they do.
+
+    python bench/_phases.py ztr|boto3 [--patch-loader] [--one-subparser]
+
+(bench/why.py also runs it with AWS_DATA_PATH pointing at a pruned endpoints.json.)
+
+--patch-loader   botocore's Loader.list_available_services answers for the one service asked
+                 instead of scanning every service directory (what a ztr fix could do)
+--one-subparser  build the argument parser for ``run`` only instead of all seven commands
+
+It calls sidecar's own functions in the order ``sidecar.commands.run`` does for --once, so the
+phases add up to what ztr does; it changes nothing in sidecar/ (the patches live only in this
+process).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+T0 = time.perf_counter()
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+PHASES: list[tuple[str, float]] = []
+_last = T0
+
+
+def mark(name: str) -> None:
+    global _last
+    now = time.perf_counter()
+    PHASES.append((name, (now - _last) * 1000))
+    _last = now
+
+
+def patch_loader() -> None:
+    import botocore.loaders
+
+    original = botocore.loaders.Loader.list_available_services
+
+    def known(self: Any, type_name: str) -> list[str]:
+        # Answer from the directory of the one service this process uses; fall back to the scan.
+        for path in self._potential_locations():
+            if os.path.isdir(os.path.join(path, "secretsmanager")):
+                return ["secretsmanager"]
+        return list(original(self, type_name))
+
+    botocore.loaders.Loader.list_available_services = known  # type: ignore[method-assign]
+
+
+def one_subparser(cli: object) -> None:
+    import argparse
+
+    from sidecar.config import SETTINGS
+
+    def build() -> Any:
+        parser = cli._Parser(prog="ztr", allow_abbrev=False)  # type: ignore[attr-defined]
+        commands = parser.add_subparsers(dest="command", parser_class=cli._Parser)  # type: ignore[attr-defined]
+        sub = commands.add_parser("run", allow_abbrev=False)
+        for setting in SETTINGS:
+            if "run" not in setting.commands:
+                continue
+            if setting.switch:
+                sub.add_argument(setting.flag, dest=setting.key, action="store_const", const="true",
+                                 default=None, help=setting.help)
+            elif setting.repeat:
+                sub.add_argument(setting.flag, dest=setting.key, action="append", default=None,
+                                 help=setting.help)
+            else:
+                sub.add_argument(setting.flag, dest=setting.key, default=None, help=setting.help)
+        sub.add_argument("command_args", nargs=argparse.REMAINDER)
+        return parser
+
+    cli.build_parser = build  # type: ignore[attr-defined]
+
+
+def ztr(flags: set[str]) -> None:
+    import threading
+
+    from sidecar import cli
+    mark("import sidecar.cli (config, refs, logs, argparse)")
+    if "--one-subparser" in flags:
+        one_subparser(cli)
+    from sidecar import config as config_mod
+    from sidecar import logs
+    command, parsed, app = cli.parse(["run", "--once", "--preset", "zero-to-running", "--", "true"])
+    mark("parse argv (build_parser: every command's flags)")
+    config = config_mod.load(command, parsed, app)
+    mark("config.load")
+    redactor = logs.setup(config.log_format, config.log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
+    mark("logs.setup")
+    from sidecar import commands
+    mark("import sidecar.commands (loader, source, outputs, retry)")
+    writers = commands.make_writers(config)
+    import botocore.config
+    import botocore.session  # noqa: F401 - imported here to time it apart from client creation
+    mark("import botocore.config + botocore.session")
+    if "--patch-loader" in flags:
+        patch_loader()
+    loader = commands.make_loader(config, stop=threading.Event())
+    mark("botocore session + create_client")
+    snapshot = commands.load(loader, redactor)
+    mark("BatchGetSecretValue (1 call) + log lines")
+    commands.write_all(writers, snapshot.values)
+    from sidecar.environ import child_environment
+    from sidecar.supervisor import resolve_command
+    env = child_environment(config.parent_env, snapshot.values)
+    resolve_command("true", env)
+    mark("import supervisor, child env, resolve command")
+
+
+def boto3_script(flags: set[str]) -> None:
+    import boto3
+    mark("import boto3")
+    if "--patch-loader" in flags:
+        patch_loader()
+    client = boto3.client("secretsmanager")
+    mark("boto3 session + client")
+    ids = [f"production/zero-to-running/{n}"
+           for n in ("database-password", "session-secret", "redis-password", "jwt-secret")]
+    client.batch_get_secret_value(SecretIdList=ids)
+    mark("BatchGetSecretValue (1 call)")
+
+
+def main() -> None:
+    mode, flags = sys.argv[1], set(sys.argv[2:])
+    mark("script start (json, os, sys)")
+    ztr(flags) if mode == "ztr" else boto3_script(flags)
+    print(json.dumps({"phases": PHASES, "in_script_ms": (time.perf_counter() - T0) * 1000}),
+          flush=True)
+    os.execv("/bin/true", ["true"])
+
+
+if __name__ == "__main__":
+    main()
