@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient  # boto3-stubs, dev only
 
 BATCH_LIMIT = 20  # BatchGetSecretValue's documented maximum ids per call
+BATCH_CONCURRENCY = 2  # batch calls in flight during one load
 
 FetchKey = tuple[str, "str | None", "str | None"]  # (secret id, stage, version)
 CallRecorder = Callable[[str, str], None]  # (operation, result)
@@ -279,30 +280,18 @@ class SecretsManagerSource:
         """
         results: dict[FetchKey, SecretVersion | ZtrError] = {}
         chunks, single = plan_fetch(keys)
-        for chunk in chunks:
-            if self._batch_allowed:
-                try:
-                    results.update(self._batch(chunk))
-                    continue
-                except AccessDeniedError:
-                    # No BatchGetSecretValue permission: fall back to one call a secret.
-                    self._batch_allowed = False
-                    from . import logs
+        if len(chunks) > 1:
+            # Two chunks in flight: N=500 takes about half as long, while one pod stays far
+            # below BatchGetSecretValue's 100 calls/s account quota.
+            from concurrent.futures import ThreadPoolExecutor
 
-                    logs.warning(
-                        "BatchGetSecretValue denied: falling back to one GetSecretValue per "
-                        "secret; grant secretsmanager:BatchGetSecretValue on * for "
-                        "ceil(N/20) calls", secrets=len(keys))
-                except TransientError as exc:
-                    if not exc.throttled:
-                        raise
-                    # BatchGetSecretValue's quota is 100/s per account, GetSecretValue's
-                    # 10,000/s: when a fleet rollout exhausts the first, this load uses the second.
-                    from . import logs
-
-                    logs.warning("BatchGetSecretValue throttled: this load uses GetSecretValue",
-                                 secrets=len(chunk))
-            single.extend(chunk)
+            with ThreadPoolExecutor(max_workers=BATCH_CONCURRENCY) as pool:
+                outcomes = list(pool.map(self._fetch_chunk, chunks))
+        else:
+            outcomes = [self._fetch_chunk(chunk) for chunk in chunks]
+        for fetched, fallback in outcomes:
+            results.update(fetched)
+            single.extend(fallback)
         for key in single:
             try:
                 results[key] = self.get_one(key)
@@ -314,6 +303,34 @@ class SecretsManagerSource:
             if isinstance(outcome, TransientError):  # e.g. throttled inside a batch's Errors[]
                 raise outcome
         return results
+
+    def _fetch_chunk(
+        self, chunk: list[FetchKey]
+    ) -> tuple[dict[FetchKey, SecretVersion | ZtrError], list[FetchKey]]:
+        """One BatchGetSecretValue; returns its results, or the keys to fetch one by one."""
+        if not self._batch_allowed:
+            return {}, chunk
+        try:
+            return self._batch(chunk), []
+        except AccessDeniedError:
+            # No BatchGetSecretValue permission: fall back to one call a secret.
+            self._batch_allowed = False
+            from . import logs
+
+            logs.warning(
+                "BatchGetSecretValue denied: falling back to one GetSecretValue per "
+                "secret; grant secretsmanager:BatchGetSecretValue on * for "
+                "ceil(N/20) calls", secrets=len(chunk))
+        except TransientError as exc:
+            if not exc.throttled:
+                raise
+            # BatchGetSecretValue's quota is 100/s per account, GetSecretValue's 10,000/s:
+            # when a fleet rollout exhausts the first, this load uses the second.
+            from . import logs
+
+            logs.warning("BatchGetSecretValue throttled: this load uses GetSecretValue",
+                         secrets=len(chunk))
+        return {}, chunk
 
     def _batch(self, chunk: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
         by_id = {key[0]: key for key in chunk}
