@@ -139,16 +139,27 @@ class StartupInterruptedError(Exception):
         self.code = code
 
 
-def load_once(config: Config, redactor: logs.Redactor) -> Snapshot:
-    """The start-up load for init and run --once. Raises StartupInterruptedError on SIGTERM/SIGINT."""
-    with StartupSignals(threading.Event()) as startup:
+def load_at_startup(loader: Loader, redactor: logs.Redactor, stop: threading.Event) -> Snapshot:
+    """The start-up load under StartupSignals. Raises StartupInterruptedError when SIGTERM or
+    SIGINT arrived, whether the load then failed or succeeded: nothing may start after it."""
+    with StartupSignals(stop) as startup:
         try:
-            return load(make_loader(config, stop=startup.stop), redactor)
+            snapshot = load(loader, redactor)
         except ZtrError:
             code = startup.exit_code()
             if code is not None:
                 raise StartupInterruptedError(code) from None
             raise
+        code = startup.exit_code()
+    if code is not None:
+        raise StartupInterruptedError(code)
+    return snapshot
+
+
+def load_once(config: Config, redactor: logs.Redactor) -> Snapshot:
+    """The start-up load for init and run --once. Raises StartupInterruptedError on SIGTERM/SIGINT."""
+    stop = threading.Event()
+    return load_at_startup(make_loader(config, stop=stop), redactor, stop)
 
 
 def _disabled(config: Config) -> None:
@@ -286,20 +297,11 @@ def _start_runtime(config: Config, redactor: logs.Redactor) -> tuple[Runtime, Lo
     loader = make_loader(config, record=metrics.record_call, stop=runtime.stop)
     runtime.start_endpoints(ready=runtime.ready)
     started = time.monotonic()
-    with StartupSignals(runtime.stop) as startup:
-        try:
-            snapshot = load(loader, redactor)
-        except ZtrError:
-            runtime.shutdown()
-            code = startup.exit_code()
-            if code is not None:
-                raise StartupInterruptedError(code) from None
-            raise
-        code = startup.exit_code()
-    if code is not None:
+    try:
+        snapshot = load_at_startup(loader, redactor, runtime.stop)
+    except (ZtrError, StartupInterruptedError):
         runtime.shutdown()
-        raise StartupInterruptedError(code)
-    runtime.stop.clear()
+        raise
     runtime.on_loaded(snapshot, time.monotonic() - started)
     return runtime, loader, snapshot
 
