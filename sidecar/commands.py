@@ -403,7 +403,6 @@ def run(config: Config, redactor: logs.Redactor) -> int:
         except StartupInterruptedError as exc:
             return exc.code
         write_all(writers, snapshot.values)
-        check_environment_fits(snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         return _exec(config.command_args, env)
     # Until the supervisor's own handlers are in place, a HUP/QUIT/USR1/USR2 must not kill ztr
@@ -415,7 +414,6 @@ def run(config: Config, redactor: logs.Redactor) -> int:
     except StartupInterruptedError as exc:
         return exc.code
     try:
-        check_environment_fits(snapshot.values)
         env = child_environment(config.parent_env, snapshot.values)
         reactor = Reactor(config, runtime.metrics)
         runtime.start_watcher(loader, snapshot, writers, reactor.react)
@@ -430,21 +428,6 @@ def run(config: Config, redactor: logs.Redactor) -> int:
 
 def _held(signum: int, frame: object) -> None:
     logs.info("Signal received before the app started: not forwarded", signal=signal.Signals(signum).name)
-
-
-MAX_ARG_STRLEN = 131072  # Linux: one "NAME=value" string passed to exec, at most 32 pages
-
-
-def check_environment_fits(values: dict[str, str] | Any) -> None:
-    """Raises SecretValueError (65) naming a variable too large for any exec."""
-    from .errors import SecretValueError
-
-    for name, value in values.items():
-        size = len(name.encode()) + len(value.encode()) + 2
-        if size > MAX_ARG_STRLEN:
-            raise SecretValueError(
-                f"{name}: {size} bytes, over the kernel's {MAX_ARG_STRLEN}-byte limit for one "
-                "environment variable: read it from --output or --output-dir instead")
 
 
 def _exec(argv: tuple[str, ...], env: dict[str, str]) -> int:
@@ -510,7 +493,13 @@ class Reactor:
             delay = self.rng.uniform(0, self.config.splay_seconds)
             logs.info("Change reaction splayed", delay_seconds=round(delay, 3), changed=changed)
             return delay
-        env = child_environment(self.config.parent_env, snapshot.values)
+        try:
+            env = child_environment(self.config.parent_env, snapshot.values)
+        except ZtrError as exc:
+            # The new values cannot reach a process: keep the running app on the old ones.
+            logs.error(f"Not reacting to the change: {exc}", exit_code=exc.exit_code, changed=changed)
+            self._splayed = False
+            return None
         if self.config.verify and not self._verify(env, changed):
             return self.config.refresh_interval_seconds
         if action.action == "restart":

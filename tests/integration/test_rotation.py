@@ -316,3 +316,23 @@ def test_watch_deleted_output_is_rewritten_next_cycle(sm: Any, ztr_env: dict[str
         proc.wait_log("An output was missing or altered on disk; rewrote it")
     finally:
         assert proc.stop() == 0
+
+
+def test_run_rotation_to_oversize_value_keeps_the_app(sm: Any, ztr_env: dict[str, str]) -> None:
+    # moto takes values over Secrets Manager's 64 KiB; no exec can take one over 128 KiB.
+    sm.create_secret(Name=SECRET, SecretString="v1")
+    args = ["--refresh-interval", "1h", "--debounce", "0s", "--min-uptime", "0s"]
+    proc = Proc([ZTR_RUN, "--secret", f"DB={SECRET}", *args, "--", *CHILD], ztr_env)
+    try:
+        proc.wait_stdout("value=v1")
+        sm.put_secret_value(SecretId=SECRET, SecretString="x" * 140_000)
+        assert _refresh(proc)["changed"] == ["DB"]
+        entry = proc.wait_log("Not reacting to the change: DB: 140004 bytes, over the kernel's "
+                              "131072-byte limit for one environment variable: read it from "
+                              "--output or --output-dir instead")
+        assert entry["exit_code"] == 65
+        assert proc.count_log("Restarting the app with the new secrets") == 0
+        assert metric(_metrics(proc), "ztr_child_up") == 1
+        assert proc.popen.poll() is None
+    finally:
+        proc.stop()
