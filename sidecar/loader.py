@@ -18,11 +18,21 @@ from .source import FetchKey, SecretsManagerSource, SecretVersion, unique
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The secrets as last loaded. ``versions`` holds None for a missing optional secret."""
+    """The secrets as last loaded. ``versions`` holds None for a missing optional secret;
+    ``ids`` maps each variable to the version id it came from (derived once, at build)."""
 
     bindings: tuple[refs.Binding, ...]
     versions: Mapping[FetchKey, SecretVersion | None]
     values: Mapping[str, str] = field(repr=False)
+    ids: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, bindings: Sequence[refs.Binding], versions: Mapping[FetchKey, SecretVersion | None]
+    ) -> Snapshot:
+        """Extract every binding's values. Raises SecretValueError or ConfigError (collision)."""
+        values, ids = _extract_all(bindings, versions)
+        return cls(tuple(bindings), versions, values, ids)
 
     @property
     def names(self) -> list[str]:
@@ -30,14 +40,7 @@ class Snapshot:
 
     def version_ids(self) -> dict[str, str]:
         """Variable name -> version id: what logs, metrics and /refresh may show."""
-        out: dict[str, str] = {}
-        for binding in self.bindings:
-            version = self.versions.get(binding.ref.fetch_key)
-            if version is None:
-                continue
-            for name in _names_for(binding, version):
-                out[name] = version.version_id
-        return out
+        return dict(self.ids)
 
     def secret_values(self) -> list[str]:
         """Every loaded value, for the log redaction filter."""
@@ -121,18 +124,12 @@ def _check_env_safe(name: str, value: str, secret: str) -> None:
         raise SecretValueError(f"{name}: secret {secret} is not valid Unicode text") from None
 
 
-def _names_for(binding: refs.Binding, version: SecretVersion) -> list[str]:
-    try:
-        return [name for name, _ in extract(binding, version)]
-    except SecretValueError:
-        return []
-
-
-def build_values(
+def _extract_all(
     bindings: Sequence[refs.Binding], versions: Mapping[FetchKey, SecretVersion | None]
-) -> dict[str, str]:
-    """Variable values from fetched versions; two bindings that give one name are an error."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Variable values and version ids; two bindings that give one name are an error."""
     values: dict[str, str] = {}
+    ids: dict[str, str] = {}
     origins: dict[str, str] = {}
     for binding in bindings:
         version = versions.get(binding.ref.fetch_key)
@@ -146,7 +143,8 @@ def build_values(
                 )
             origins[name] = f"{binding.origin} ({binding.ref.secret_id})"
             values[name] = value
-    return values
+            ids[name] = version.version_id
+    return values, ids
 
 
 class Loader:
@@ -188,7 +186,7 @@ class Loader:
         return self.declared + tuple(found)
 
     def fetch(
-        self, bindings: Sequence[refs.Binding], keys: Iterable[FetchKey], deadline: float
+        self, keys: Iterable[FetchKey], deadline: float
     ) -> dict[FetchKey, SecretVersion | ZtrError]:
         wanted = unique(keys)
         if not wanted:
@@ -199,7 +197,7 @@ class Loader:
         """Every declared secret's outcome, errors included (``ztr check`` reports them all)."""
         deadline = self.clock() + self.timeout_seconds
         bindings = self.expand(deadline)
-        return bindings, self.fetch(bindings, (b.ref.fetch_key for b in bindings), deadline)
+        return bindings, self.fetch((b.ref.fetch_key for b in bindings), deadline)
 
     def load(self) -> Snapshot:
         """Load once. Raises the first required secret's error (in declaration order)."""
@@ -211,7 +209,7 @@ class Loader:
             if explained is exc:
                 raise
             raise explained from exc
-        return Snapshot(bindings, versions, build_values(bindings, versions))
+        return Snapshot.build(bindings, versions)
 
     def refresh(self, previous: Snapshot) -> tuple[Snapshot, list[str]]:
         """Check every unpinned secret's version (DescribeSecret); fetch only those that moved.
@@ -247,13 +245,12 @@ class Loader:
         versions.update(resolve_outcomes(
             [b for b in previous.bindings if b.ref.fetch_key in results], results
         ))
-        values = build_values(previous.bindings, versions)
+        snapshot = Snapshot.build(previous.bindings, versions)
         changed = sorted(
-            name for name in set(values) | set(previous.values)
-            if values.get(name) != previous.values.get(name)
+            name for name in set(snapshot.values) | set(previous.values)
+            if snapshot.values.get(name) != previous.values.get(name)
         )
-        return Snapshot(previous.bindings, versions, values), changed
-
+        return snapshot, changed
 
     def _fetch_moved(
         self, moved: Mapping[FetchKey, str | None], deadline: float

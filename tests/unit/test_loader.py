@@ -20,7 +20,7 @@ from sidecar.errors import (
     TransientError,
     ZtrError,
 )
-from sidecar.loader import Loader, Snapshot, build_values, extract
+from sidecar.loader import Loader, Snapshot, extract
 from sidecar.retry import RetryPolicy
 from sidecar.source import FetchKey, SecretVersion
 
@@ -147,12 +147,12 @@ def test_extract_value_not_fitting_reference_raises_65_without_the_value(
     assert caught.value.__cause__ is None or "CANARY" not in str(caught.value.__cause__)
 
 
-def test_build_values_name_given_twice_raises_naming_both() -> None:
+def test_snapshot_build_name_given_twice_raises_naming_both() -> None:
     bindings = [binding("DB_USER=a"), binding("DB_=b#*")]
     versions: dict[FetchKey, SecretVersion | None] = {
         ("a", None, None): version("x", "a"), ("b", None, None): version('{"user": "y"}', "b")}
     with pytest.raises(ConfigError) as caught:
-        build_values(bindings, versions)
+        Snapshot.build(bindings, versions)
     assert "DB_USER is given twice" in str(caught.value)
     assert "(a)" in str(caught.value)
     assert "(b#*)" in str(caught.value)
@@ -259,5 +259,5 @@ def test_child_environment_does_not_change_its_inputs() -> None:
 
 
 def test_snapshot_secret_values_feed_the_redactor() -> None:
-    snapshot = Snapshot((binding("A=a"),), {("a", None, None): version("v1", "a")}, {"A": "v1"})
+    snapshot = Snapshot.build((binding("A=a"),), {("a", None, None): version("v1", "a")})
     assert snapshot.secret_values() == ["v1"]
