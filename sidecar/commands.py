@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import logs
@@ -89,17 +89,13 @@ def make_writers(config: Config) -> list[Writer]:
     if config.output_dir:
         writers.append(DirectoryWriter(config.output_dir, **options))
     for writer in writers:  # refuse a disk or unwritable target before contacting AWS
-        target = writer.path.parent if isinstance(writer, EnvFileWriter) else writer.directory
-        writer.files.ensure_directory(target)
+        writer.prepare()
     return writers
 
 
-def write_all(writers: list[Writer], values: dict[str, str] | Any) -> list[str]:
-    written = []
-    for writer in writers:
-        if writer.write(values):
-            written.append(str(writer.path if isinstance(writer, EnvFileWriter) else writer.directory))
-    return written
+def write_all(writers: list[Writer], values: Mapping[str, str]) -> list[str]:
+    """Write every output; returns the ones whose content changed."""
+    return [writer.target for writer in writers if writer.write(values)]
 
 
 class StartupSignals:

@@ -91,6 +91,7 @@ class _AtomicFiles:
         self.allow_disk = allow_disk
 
     def ensure_directory(self, directory: Path) -> None:
+        """Refuse a disk unless allowed, then create the directory (0700) if it is missing."""
         if not self.allow_disk:
             fs_type = filesystem_type(str(_existing_ancestor(directory)))
             if fs_type not in MEMORY_FILESYSTEMS:
@@ -99,6 +100,9 @@ class _AtomicFiles:
                     "tmpfs (emptyDir medium: Memory, --tmpfs) there, or pass --allow-disk "
                     "(ZTR_ALLOW_DISK=true; Fargate has no tmpfs)"
                 )
+        self.make_directory(directory)
+
+    def make_directory(self, directory: Path) -> None:
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -149,31 +153,54 @@ class _AtomicFiles:
             return False
 
 
-class EnvFileWriter:
+class _Writer:
+    """What both writers share: where they write, and a tmpfs check made once."""
+
+    def __init__(self, directory: Path, target: Path, *, mode: int,
+                 owner: tuple[int, int] | None, allow_disk: bool) -> None:
+        self.directory = directory
+        self.target = str(target)  # for logs: the file or directory a person asked for
+        self.files = _AtomicFiles(mode=mode, owner=owner, allow_disk=allow_disk)
+        self._prepared = False
+
+    def prepare(self) -> None:
+        """Refuse a disk and create the directory; called before contacting AWS."""
+        self.files.ensure_directory(self.directory)
+        self._prepared = True
+
+    def _ready(self) -> None:
+        # The mount does not change under a running ztr; a deleted directory is recreated.
+        if self._prepared:
+            self.files.make_directory(self.directory)
+        else:
+            self.prepare()
+
+
+class EnvFileWriter(_Writer):
     """One env file in ``shell``, ``dotenv`` or ``json`` format."""
 
     def __init__(self, path: str, fmt: str, *, mode: int = 0o600,
                  owner: tuple[int, int] | None = None, allow_disk: bool = False) -> None:
         self.path = Path(path)
         self.render = RENDERERS[fmt]
-        self.files = _AtomicFiles(mode=mode, owner=owner, allow_disk=allow_disk)
+        super().__init__(self.path.parent, self.path, mode=mode, owner=owner, allow_disk=allow_disk)
 
     def write(self, values: Mapping[str, str]) -> bool:
-        self.files.ensure_directory(self.path.parent)
+        self._ready()
         return self.files.write(self.path, self.render(values))
 
 
-class DirectoryWriter:
+class DirectoryWriter(_Writer):
     """One file per variable, named after it, holding exactly the value (secrets-as-files)."""
 
     def __init__(self, directory: str, *, mode: int = 0o600,
                  owner: tuple[int, int] | None = None, allow_disk: bool = False) -> None:
-        self.directory = Path(directory)
-        self.files = _AtomicFiles(mode=mode, owner=owner, allow_disk=allow_disk)
+        super().__init__(Path(directory), Path(directory), mode=mode, owner=owner,
+                         allow_disk=allow_disk)
         self._written: set[str] = set()
 
     def write(self, values: Mapping[str, str]) -> bool:
-        self.files.ensure_directory(self.directory)
+        self._ready()
         changed = False
         for name, value in sorted(values.items()):
             changed |= self.files.write(self.directory / name, value.encode("utf-8"))
