@@ -9,7 +9,7 @@ from typing import IO, Any
 from .aws import caller_identity
 from .config import Config
 from .errors import ZtrError
-from .source import plan_fetch
+from .source import arn_pattern, plan_fetch
 
 AWS_MANAGED_KEY = "alias/aws/secretsmanager"
 
@@ -75,8 +75,7 @@ def run(config: Config, out: IO[str] | None = None) -> int:
             info = loader.source.describe(secret_id)
         except ZtrError:
             # Not allowed to describe (or not created yet): the name with the ARN's random suffix.
-            arns.append(secret_id if secret_id.startswith("arn:") else
-                        f"arn:aws:secretsmanager:{config.region}:{account or '*'}:secret:{secret_id}-??????")
+            arns.append(arn_pattern(secret_id, config.region, account))
             continue
         arns.append(str(info["ARN"]))
         key_id = str(info.get("KmsKeyId") or "")

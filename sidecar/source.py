@@ -113,11 +113,12 @@ def _status(exc: BaseException) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
-def arn_pattern(secret_id: str, region: str) -> str:
-    """The resource an IAM policy must allow for a secret named or ARN'd ``secret_id``."""
+def arn_pattern(secret_id: str, region: str, account: str | None = None) -> str:
+    """The resource an IAM policy must allow for a secret named or ARN'd ``secret_id``: a name
+    gets the six random characters AWS appends to its ARN as ``-??????``."""
     if secret_id.startswith("arn:"):
         return secret_id
-    return f"arn:aws:secretsmanager:{region}:*:secret:{secret_id}-??????"
+    return f"arn:aws:secretsmanager:{region}:{account or '*'}:secret:{secret_id}-??????"
 
 
 class SecretsManagerSource:
