@@ -383,7 +383,7 @@ _ATTR_NAMES = {
     "splay": "splay_seconds",
     "kms_key": "kms_keys",
 }
-_NOT_IN_CONFIG = {"secret", "config", "prefix", "preset", "environment", "enabled"}
+_RESOLVED_APART = {"secret", "config", "enabled"}  # bindings, the file, the gate
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -520,8 +520,6 @@ def load(
     interval = values.get("refresh_interval", 300.0)
     if command in _REFRESH and interval <= 0:
         raise ConfigError("--refresh-interval must be more than 0s")
-    if values.get("output") and values.get("output_dir"):
-        pass  # both may be asked for: the same secrets, two shapes
     if command == "run" and not command_args:
         raise ConfigError("ztr run needs a command after --, as in: ztr-run -- python -m app")
     if command == "watch" and not (values.get("output") or values.get("output_dir")):
@@ -543,7 +541,7 @@ def load(
 
     kwargs: dict[str, Any] = {}
     for setting in relevant:
-        if setting.key in _NOT_IN_CONFIG and setting.key not in ("prefix", "preset", "environment"):
+        if setting.key in _RESOLVED_APART:
             continue
         kwargs[_ATTR_NAMES.get(setting.key, setting.key)] = values[setting.key]
     if command in _REFRESH and kwargs.get("max_stale_seconds") is None:
