@@ -102,9 +102,13 @@ def run(config: Config, out: IO[str] | None = None) -> int:
         rows = [Row("*", config.prefix or "(all)", True, classify(exc), exc.exit_code, str(exc))]
     else:
         rows = [_row(b, results.get(b.ref.fetch_key), loader.source) for b in bindings]
+    described: dict[str, dict[str, Any] | None] = {}  # one DescribeSecret per secret
     for row, binding in zip(rows, bindings, strict=False):
         if row.result in (OK, "bad JSON key", "not JSON", "not UTF-8", "bad value"):
-            _add_rotation(loader, binding.ref.secret_id, row)
+            secret_id = binding.ref.secret_id
+            if secret_id not in described:
+                described[secret_id] = _describe(loader.source, secret_id)
+            _add_rotation(described[secret_id], row)
     report = {
         "identity": {"account": identity.account, "arn": identity.arn, "error": identity.error},
         "region": config.region,
@@ -119,11 +123,16 @@ def run(config: Config, out: IO[str] | None = None) -> int:
     return failing[0].exit_code if failing else 0
 
 
-def _add_rotation(loader: Any, secret_id: str, row: Row) -> None:
+def _describe(source: SecretsManagerSource, secret_id: str) -> dict[str, Any] | None:
     try:
-        info = loader.source.describe(secret_id)
+        return source.describe(secret_id)
     except ZtrError:
-        return  # DescribeSecret is optional for check: init and run never need it
+        return None  # DescribeSecret is optional for check: init never needs it
+
+
+def _add_rotation(info: dict[str, Any] | None, row: Row) -> None:
+    if info is None:
+        return
     row.last_changed = _date(info.get("LastChangedDate"))
     row.last_rotated = _date(info.get("LastRotatedDate"))
     row.rotation_enabled = bool(info.get("RotationEnabled", False))
