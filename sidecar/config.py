@@ -365,7 +365,8 @@ class Config:
     pods: int = 10
     secrets_per_pod: int = 4
     command_args: tuple[str, ...] = ()
-    parent_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # The whole parent environment (AWS keys included): never in a repr.
+    parent_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def has_outputs(self) -> bool:

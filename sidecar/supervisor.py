@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND
@@ -83,19 +83,27 @@ def resolve_command(argv0: str, env: Mapping[str, str]) -> str:
     raise SpawnError(f"{argv0}: command not found in PATH", EXIT_NOT_FOUND)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str]) -> int:
+_QUIET = [  # stdin, stdout and stderr of a command whose output may name what it checked
+    (os.POSIX_SPAWN_OPEN, fd, os.devnull, flags, 0)
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY))
+]
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], *, quiet: bool = False) -> int:
     """Start ``argv`` in its own process group, with default signal dispositions and an empty
     signal mask (CPython ignores SIGPIPE; exec would otherwise keep that).
 
     glibc's posix_spawn leaves its two internal signals (32, 33) ignored in the child and
     refuses to reset them; every libc and runtime installs its own handlers for those.
-    Raises SpawnError (127 / 126).
+    ``quiet`` connects its standard streams to /dev/null (``--verify``: a failed login check
+    may print the connection string it tried). Raises SpawnError (127 / 126).
     """
     executable = resolve_command(argv[0], env)
     try:
         return os.posix_spawn(
             executable, list(argv), dict(env),
             setpgroup=0, setsigdef=_ALL_SIGNALS, setsigmask=(),
+            file_actions=_QUIET if quiet else None,
         )
     except PermissionError as exc:
         raise SpawnError(f"{argv[0]}: not executable ({exc.strerror})", EXIT_NOT_EXECUTABLE) from exc
@@ -124,7 +132,7 @@ def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
 class Restart:
     """Stop the child gracefully and start it again with ``env``."""
 
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)  # holds secret values
 
 
 @dataclass(frozen=True)
@@ -339,7 +347,7 @@ class Supervisor:
                 action.finish(1)
                 return
             try:
-                action.pid = spawn(action.argv, action.env)
+                action.pid = spawn(action.argv, action.env, quiet=True)
                 self._asides[action.pid] = action
             except SpawnError as exc:
                 action.finish(exc.exit_code)

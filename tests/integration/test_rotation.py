@@ -336,3 +336,18 @@ def test_run_rotation_to_oversize_value_keeps_the_app(sm: Any, ztr_env: dict[str
         assert proc.popen.poll() is None
     finally:
         proc.stop()
+
+
+def test_run_verify_output_never_reaches_ztr_streams(sm: Any, ztr_env: dict[str, str]) -> None:
+    sm.create_secret(Name=SECRET, SecretString="v1")
+    verify = 'echo "verify-out $DB"; echo "verify-err $DB" >&2; read -r line; exit 0'
+    args = ["--refresh-interval", "1h", "--min-uptime", "0s", "--debounce", "0s", "--verify", verify]
+    proc = Proc([ZTR_RUN, "--secret", f"DB={SECRET}", *args, "--", *CHILD], ztr_env)
+    try:
+        proc.wait_stdout("value=v1")
+        sm.put_secret_value(SecretId=SECRET, SecretString="v2")
+        _refresh(proc)
+        proc.wait_stdout("value=v2")  # verify ran (stdin at EOF) and passed
+        assert not [line for line in proc.stdout + proc.stderr if "verify-" in line]
+    finally:
+        proc.stop()

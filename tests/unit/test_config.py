@@ -376,3 +376,10 @@ def test_config_metrics_addr_off_disables_endpoints(source: str, tmp_path: Path)
         toml.write_text('metrics_addr = "off"\n')
         flags["config"] = str(toml)
     assert config_mod.load("watch", flags, environ=environ).metrics_addr is None
+
+
+def test_config_repr_holds_no_parent_environment() -> None:
+    loaded = config_mod.load("init", {"output": "/dev/shm/x.env"},
+                             environ={"ZTR_SECRETS": "A=prod/a", "AWS_SECRET_ACCESS_KEY": "k3y-value"})
+    assert loaded.parent_env["AWS_SECRET_ACCESS_KEY"] == "k3y-value"
+    assert "k3y-value" not in repr(loaded)

@@ -211,3 +211,9 @@ def test_supervisor_run_restores_signal_handlers() -> None:
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGCHLD)}
     _supervisor("exit 0", _env(), grace_seconds=5).run()
     assert {signum: signal.getsignal(signum) for signum in before} == before
+
+
+def test_restart_repr_holds_no_environment_values() -> None:
+    from sidecar.supervisor import Restart
+
+    assert "s3cr3t-value" not in repr(Restart({"DB": "s3cr3t-value"}))
