@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench test-image clean
+.PHONY: demo test test-fast lint typecheck unit bench test-image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,17 @@ demo: $(VENV)/.demo-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check sidecar tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# The inner loop: unit tests and in-process checks, no real processes (under 30 s here).
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -m "not process" -q
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench

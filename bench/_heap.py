@@ -47,15 +47,15 @@ def bare_cycle() -> Any:
 
 
 def ztr_cycle() -> Any:
-    from sidecar import commands, logs
     from sidecar import config as config_mod
+    from sidecar import logs, startup
     from sidecar.metrics import Metrics
     from sidecar.watcher import Watcher
 
     config = config_mod.load("watch", {"preset": "zero-to-running", "output": "/dev/shm/unused.env"})
     logs.setup("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115
     metrics = Metrics()
-    loader = commands.make_loader(config, record=metrics.record_call, stop=threading.Event())
+    loader = startup.make_loader(config, record=metrics.record_call, stop=threading.Event())
     snapshot = loader.load()
 
     def on_cycle(outcome: Any) -> None:  # what Runtime.start_watcher's on_cycle does
@@ -67,7 +67,7 @@ def ztr_cycle() -> Any:
                        duration_seconds=round(outcome.duration_seconds, 4))
 
     watcher = Watcher(loader, snapshot, interval_seconds=1.0, max_stale_seconds=3.0,
-                      debounce_seconds=5.0, on_cycle=on_cycle)
+                      on_cycle=on_cycle)
     return watcher.cycle
 
 

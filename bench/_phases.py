@@ -9,9 +9,9 @@ the hand-written boto3 script, print them as JSON on stdout, then exec ``true`` 
                  instead of scanning every service directory (what a ztr fix could do)
 --one-subparser  build the argument parser for ``run`` only instead of all seven commands
 
-It calls sidecar's own functions in the order ``sidecar.commands.run`` does for --once, so the
-phases add up to what ztr does; it changes nothing in sidecar/ (the patches live only in this
-process).
+It runs ``sidecar.cli.main`` for ``run --once`` with the phase functions of ``sidecar.startup``
+wrapped by timing marks, so the phases add up to what ztr does; it changes nothing in sidecar/
+(the patches live only in this process).
 """
 
 from __future__ import annotations
@@ -76,39 +76,53 @@ def one_subparser(cli: object) -> None:
     cli.build_parser = build  # type: ignore[attr-defined]
 
 
-def ztr(flags: set[str]) -> None:
-    import threading
+def _timed(module: Any, name: str, label: str) -> None:
+    """Wrap ``module.name`` so that a phase mark follows it."""
+    original = getattr(module, name)
 
-    from sidecar import cli
-    mark("import sidecar.cli (config, refs, logs, argparse)")
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        mark(label)
+        return result
+
+    setattr(module, name, wrapper)
+
+
+class _ExecError(Exception):
+    pass
+
+
+def ztr(flags: set[str]) -> None:
+    """Run the real ``ztr run --once`` through ``cli.main``: the phases are the command's own
+    functions, wrapped with marks (nothing here knows their order)."""
+    from sidecar import cli, startup, supervisor
+    mark("import sidecar.cli, startup, supervisor (config, refs, logs, loader, source, outputs)")
     if "--one-subparser" in flags:
         one_subparser(cli)
-    from sidecar import config as config_mod
-    from sidecar import logs
-    command, parsed, app = cli.parse(["run", "--once", "--preset", "zero-to-running", "--", "true"])
-    mark("parse argv (build_parser: every command's flags)")
-    config = config_mod.load(command, parsed, app)
-    mark("config.load")
-    redactor = logs.setup(config.log_format, config.log_level, stream=open(os.devnull, "w"))  # noqa: SIM115
-    mark("logs.setup")
-    from sidecar import commands
-    mark("import sidecar.commands (loader, source, outputs, retry)")
-    writers = commands.make_writers(config)
-    import botocore.config
-    import botocore.session  # noqa: F401 - imported here to time it apart from client creation
-    mark("import botocore.config + botocore.session")
     if "--patch-loader" in flags:
         patch_loader()
-    loader = commands.make_loader(config, stop=threading.Event())
-    mark("botocore session + create_client")
-    snapshot = commands.load(loader, redactor)
-    mark("BatchGetSecretValue (1 call) + log lines")
-    commands.write_all(writers, snapshot.values)
-    from sidecar.environ import child_environment
-    from sidecar.supervisor import resolve_command
-    env = child_environment(config.parent_env, snapshot.values)
-    resolve_command("true", env)
-    mark("import supervisor, child env, resolve command")
+    _timed(cli, "parse", "parse argv")
+    _timed(cli.config_mod, "load", "config.load")
+    _timed(startup, "make_writers", "make_writers")
+    _timed(startup, "make_loader", "botocore session + create_client")
+    _timed(startup, "first_load", "BatchGetSecretValue (1 call) + log lines")
+    _timed(startup, "write_all", "write outputs")
+
+    def exec_replace(argv: Any, env: Any) -> None:
+        supervisor.resolve_command(argv[0], env)
+        mark("child env, resolve command")
+        raise _ExecError
+
+    supervisor.exec_replace = exec_replace
+    os.environ.setdefault("ZTR_LOG_FORMAT", "json")
+    stderr = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    try:
+        cli.main(["run", "--once", "--preset", "zero-to-running", "--", "true"])
+    except _ExecError:
+        pass
+    finally:
+        os.dup2(stderr, 2)
 
 
 def boto3_script(flags: set[str]) -> None:

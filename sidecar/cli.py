@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -14,9 +13,8 @@ from typing import Any, NoReturn
 from . import __version__, logs
 from . import config as config_mod
 from .config import SETTINGS, Config
-from .errors import EXIT_USAGE, ConfigError, ZtrError
-
-EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in ztr; the log line says what
+from .errors import EXIT_SOFTWARE, ConfigError, InternalError, StartupInterruptedError, ZtrError
+from .signals import SignalInbox
 
 _SUMMARIES = {
     "init": "load the secrets once, write them to a file or directory, exit",
@@ -87,19 +85,33 @@ def parse(argv: Sequence[str]) -> tuple[str, dict[str, Any], list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``ztr``: returns the exit code (console script wrapper exits with it)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        command, flags, app = parse(args)
-        config = config_mod.load(command, flags, app)
-    except ConfigError as exc:
-        print(f"ztr: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    redactor = logs.setup(config.log_format, config.log_level)
-    try:
-        from . import commands
+    """``ztr``: returns the exit code (console script wrapper exits with it).
 
-        return commands.dispatch(config, redactor)
+    Signals are recorded from the first moment: a SIGTERM during parsing is honoured once the
+    command runs (or ends the process at once, for the commands that keep Python's defaults).
+    """
+    from . import commands
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    inbox = SignalInbox().install()
+    try:
+        try:
+            command, flags, app = parse(args)
+            config = config_mod.load(command, flags, app)
+        except ConfigError as exc:
+            logs.setup(config_mod.early_log_format(args))
+            logs.error(f"ztr: {exc}", exit_code=exc.exit_code, error=type(exc).__name__)
+            return exc.exit_code
+        redactor = logs.setup(config.log_format, config.log_level)
+        if config.command not in commands.RESIDENT_SIGNALS:
+            inbox.uninstall()
+            for signum in inbox.take():  # arrived while parsing: act as the default would
+                if signum in (2, 15):
+                    return 128 + signum
+        return commands.dispatch(config, redactor, inbox)
+    except StartupInterruptedError as exc:
+        logs.info(str(exc), signal=exc.signal_name)
+        return exc.exit_code
     except ZtrError as exc:
         logs.error(str(exc), exit_code=exc.exit_code, error=type(exc).__name__)
         return exc.exit_code
@@ -111,12 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + 13
     except Exception as exc:  # noqa: BLE001 - one line, never a traceback
         # Frames only (file, line, function): exception messages and locals may hold values.
-        logs.error(f"internal error: {type(exc).__name__}", exit_code=EXIT_INTERNAL,
-                   where=_where(exc))
+        logs.error(f"internal error: {type(exc).__name__}", exit_code=EXIT_SOFTWARE,
+                   where=_where(exc), error=InternalError.__name__)
         logs.debug("internal error frames", frames=[
             f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {frame.name}"
             for frame in traceback.extract_tb(exc.__traceback__)])
-        return EXIT_INTERNAL
+        return EXIT_SOFTWARE
+    finally:
+        if inbox.installed:
+            inbox.uninstall()
+        inbox.close()
 
 
 def _where(exc: BaseException) -> str:
@@ -152,10 +168,6 @@ def entry() -> NoReturn:
 
 def run_entry() -> NoReturn:
     _exit_now(run_main())
-
-
-def elapsed_since(started: float) -> float:
-    return round(time.monotonic() - started, 4)
 
 
 def resolve_config(command: str, argv: Sequence[str], environ: dict[str, str]) -> Config:

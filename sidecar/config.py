@@ -31,6 +31,7 @@ PRESETS = ("zero-to-running",)
 ON_CHANGE_ACTIONS = ("restart", "signal", "exit", "none")
 
 _DURATION_RE = re.compile(r"(?P<number>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)?")
+MAX_DURATION_SECONDS = 366 * 24 * 3600.0  # a year: far below what a timed wait accepts
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -39,13 +40,18 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 # Value parsers turn one raw value (a string from a flag or variable, or a TOML value)
 # into a typed one; ``where`` names the flag, variable or file key for the error.
 def parse_duration(raw: Any, where: str) -> float:
-    """``30s``, ``5m``, ``1h``, ``250ms`` or a plain number of seconds."""
+    """``30s``, ``5m``, ``1h``, ``250ms`` or a plain number of seconds, at most a year."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw >= 0:
-        return float(raw)
-    match = _DURATION_RE.fullmatch(str(raw).strip())
-    if not match:
-        raise ConfigError(f"{where}: {raw!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
-    return float(match["number"]) * _DURATION_UNITS[match["unit"]]
+        seconds = float(raw)
+    else:
+        match = _DURATION_RE.fullmatch(str(raw).strip())
+        if not match:
+            raise ConfigError(f"{where}: {raw!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
+        seconds = float(match["number"]) * _DURATION_UNITS[match["unit"]]
+    if not seconds <= MAX_DURATION_SECONDS:  # also catches inf and nan
+        raise ConfigError(f"{where}: {raw!r} is longer than a year (366 days), the longest "
+                          "duration ztr accepts")
+    return seconds
 
 
 def parse_bool(raw: Any, where: str) -> bool:
@@ -229,12 +235,16 @@ class Setting:
     repeat: bool = False  # a flag that may be given many times (--secret)
     metavar: str | None = None
     fallback_env: tuple[str, ...] = ()  # ecosystem variables consulted after ztr's own sources
+    attr: str = ""  # the Config attribute; durations carry their unit: timeout_seconds
 
     def __post_init__(self) -> None:
         if not self.flag:
             object.__setattr__(self, "flag", "--" + self.key.replace("_", "-"))
         if not self.env:
             object.__setattr__(self, "env", "ZTR_" + self.key.upper())
+        if not self.attr:
+            unit = "_seconds" if self.parse is parse_duration else ""
+            object.__setattr__(self, "attr", self.key + unit)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -314,7 +324,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("report_format", _choice(REPORT_FORMATS), "table", "table or json",
             frozenset({"check", "plan"}), flag="--format"),
     Setting("kms_key", parse_kms_keys, (), "add kms:Decrypt on this key ARN (repeatable)",
-            frozenset({"iam-policy"}), env="ZTR_KMS_KEYS", repeat=True, metavar="ARN"),
+            frozenset({"iam-policy"}), env="ZTR_KMS_KEYS", repeat=True, metavar="ARN",
+            attr="kms_keys"),
     Setting("pods", parse_int, 10, "number of pods (or tasks) in the fleet", frozenset({"plan"}),
             metavar="N"),
     Setting("secrets_per_pod", parse_int, 4, "secrets each pod loads", frozenset({"plan"}),
@@ -326,65 +337,89 @@ ENV_VARS = frozenset(setting.env for setting in SETTINGS)
 
 @dataclass(frozen=True)
 class Config:
-    """Everything a command needs, resolved and validated once."""
+    """Everything a command needs, resolved and validated once. Each setting's default, flag,
+    variable and TOML key live in its ``Setting`` row; ``load`` fills every attribute."""
 
     command: str
-    bindings: tuple[refs.Binding, ...] = ()
-    prefix: str | None = None
-    preset: str | None = None
-    environment: str = "production"
-    enabled: bool = True
-    disabled_reason: str = ""
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
-    timeout_seconds: float = 60.0
-    log_format: str = "json"
-    log_level: str = "info"
-    output: str | None = None
-    format: str = "shell"
-    output_dir: str | None = None
-    file_mode: int = 0o600
-    owner: tuple[int, int] | None = None
-    allow_disk: bool = False
-    refresh_interval_seconds: float = 300.0
-    max_stale_seconds: float = 900.0
-    debounce_seconds: float = 5.0
-    metrics_addr: tuple[str, int] | None = ("127.0.0.1", 9102)
-    notify_signal: signal.Signals | None = None
-    notify_pid_file: str | None = None
-    notify_command: str | None = None
-    once: bool = False
-    grace_period_seconds: float = 25.0
-    on_change: OnChange = OnChange("restart")
-    verify: str | None = None
-    min_uptime_seconds: float = 10.0
-    max_restarts: int = 6
-    splay_seconds: float = 0.0
-    report_format: str = "table"
-    kms_keys: tuple[str, ...] = ()
-    pods: int = 10
-    secrets_per_pod: int = 4
-    command_args: tuple[str, ...] = ()
+    bindings: tuple[refs.Binding, ...]
+    enabled: bool
+    disabled_reason: str
+    command_args: tuple[str, ...]
     # The whole parent environment (AWS keys included): never in a repr.
-    parent_env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    parent_env: Mapping[str, str] = field(repr=False)
+    prefix: str | None
+    preset: str | None
+    environment: str
+    region: str
+    endpoint_url: str | None
+    timeout_seconds: float
+    log_format: str
+    log_level: str
+    output: str | None
+    format: str
+    output_dir: str | None
+    file_mode: int
+    owner: tuple[int, int] | None
+    allow_disk: bool
+    refresh_interval_seconds: float
+    max_stale_seconds: float
+    debounce_seconds: float
+    metrics_addr: tuple[str, int] | None
+    notify_signal: signal.Signals | None
+    notify_pid_file: str | None
+    notify_command: str | None
+    once: bool
+    grace_period_seconds: float
+    on_change: OnChange
+    verify: str | None
+    min_uptime_seconds: float
+    max_restarts: int
+    splay_seconds: float
+    report_format: str
+    kms_keys: tuple[str, ...]
+    pods: int
+    secrets_per_pod: int
 
-    @property
-    def has_outputs(self) -> bool:
-        return self.output is not None or self.output_dir is not None
 
-
-# Settings whose Config attribute carries the unit in its name.
-_ATTR_NAMES = {
-    "timeout": "timeout_seconds",
-    "refresh_interval": "refresh_interval_seconds",
-    "max_stale": "max_stale_seconds",
-    "debounce": "debounce_seconds",
-    "grace_period": "grace_period_seconds",
-    "min_uptime": "min_uptime_seconds",
-    "splay": "splay_seconds",
-    "kms_key": "kms_keys",
-}
 _RESOLVED_APART = {"secret", "config", "enabled"}  # bindings, the file, the gate
+_PATHS = ("output", "output_dir", "notify_pid_file")  # absolute: ztr-run moves itself to /
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check across settings for some commands: ``holds(values, has_app)`` or the message."""
+
+    commands: frozenset[str]
+    holds: Callable[[Mapping[str, Any], bool], bool]
+    message: str
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(_LOADING, lambda v, app: v["timeout"] > 0,
+         "--timeout must be more than 0s (it bounds the whole load, retries included)"),
+    Rule(_REFRESH, lambda v, app: v["refresh_interval"] > 0, "--refresh-interval must be more than 0s"),
+    Rule(frozenset({"run"}), lambda v, app: app,
+         "ztr run needs a command after --, as in: ztr-run -- python -m app"),
+    Rule(frozenset({"watch"}), lambda v, app: bool(v["output"] or v["output_dir"]),
+         "ztr watch needs --output or --output-dir to keep current"),
+    Rule(frozenset({"init"}), lambda v, app: bool(v["output"] or v["output_dir"]),
+         "ztr init needs --output or --output-dir"),
+    Rule(frozenset({"watch"}), lambda v, app: not v["notify_signal"] or bool(v["notify_pid_file"]),
+         "--notify-signal needs --notify-pid-file naming the process to signal"),
+)
+
+
+def early_log_format(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
+    """The log format for an error found before the configuration is whole: the flag or the
+    variable if they name a known format, else the default."""
+    env = os.environ if environ is None else environ
+    candidates = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--log-format"]
+    candidates += [arg.partition("=")[2] for arg in argv if arg.startswith("--log-format=")]
+    candidates.append(env.get("ZTR_LOG_FORMAT", ""))
+    for candidate in candidates:
+        if candidate.strip().lower() in LOG_FORMATS:
+            return candidate.strip().lower()
+    return str(SETTINGS_BY_KEY["log_format"].default)
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -485,7 +520,7 @@ def load(
         _file_settings(config_path, command) if config_path is not _UNSET else ({}, [])
     )
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
     for setting in relevant:
         value = from_flag_or_env(setting)
         if value is _UNSET:
@@ -516,19 +551,9 @@ def load(
     if use_aws is not None and use_aws.strip().lower() != "true":
         enabled, reason = False, f"USE_AWS_SECRETS={use_aws}"
 
-    if command in _LOADING and values["timeout"] <= 0:
-        raise ConfigError("--timeout must be more than 0s (it bounds the whole load, retries included)")
-    interval = values.get("refresh_interval", 300.0)
-    if command in _REFRESH and interval <= 0:
-        raise ConfigError("--refresh-interval must be more than 0s")
-    if command == "run" and not command_args:
-        raise ConfigError("ztr run needs a command after --, as in: ztr-run -- python -m app")
-    if command == "watch" and not (values.get("output") or values.get("output_dir")):
-        raise ConfigError("ztr watch needs --output or --output-dir to keep current")
-    if command == "init" and not (values.get("output") or values.get("output_dir")):
-        raise ConfigError("ztr init needs --output or --output-dir")
-    if values.get("notify_signal") and not values.get("notify_pid_file"):
-        raise ConfigError("--notify-signal needs --notify-pid-file naming the process to signal")
+    for rule in RULES:
+        if command in rule.commands and not rule.holds(values, bool(command_args)):
+            raise ConfigError(rule.message)
     if (
         command in _LOADING
         and enabled
@@ -540,13 +565,12 @@ def load(
             "--prefix, --config or --preset"
         )
 
-    kwargs: dict[str, Any] = {}
-    for setting in relevant:
-        if setting.key in _RESOLVED_APART:
-            continue
-        kwargs[_ATTR_NAMES.get(setting.key, setting.key)] = values[setting.key]
-    if command in _REFRESH and kwargs.get("max_stale_seconds") is None:
-        kwargs["max_stale_seconds"] = 3 * interval
+    for key in _PATHS:
+        if values[key] is not None:
+            values[key] = os.path.abspath(values[key])
+    if values["max_stale"] is None:
+        values["max_stale"] = 3 * values["refresh_interval"]
+    kwargs = {s.attr: values[s.key] for s in SETTINGS if s.key not in _RESOLVED_APART}
     return Config(
         command=command,
         bindings=tuple(bindings),

@@ -8,12 +8,22 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import refs
-from .errors import ConfigError, SecretNotFoundError, SecretValueError, ZtrError
+from .errors import (
+    ConfigError,
+    JsonKeyError,
+    NotJsonError,
+    NotUtf8Error,
+    SecretNotFoundError,
+    SecretValueError,
+    ZtrError,
+)
+from .refs import FetchKey
 from .retry import RetryPolicy
-from .source import FetchKey, SecretsManagerSource, SecretVersion, unique
+from .source import SecretSource, SecretVersion, unique
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,7 @@ def _as_text(binding: refs.Binding, version: SecretVersion) -> str:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise SecretValueError(
+            raise NotUtf8Error(
                 f"{binding.name}: secret {version.name} is binary and not UTF-8 text: "
                 "add ?encoding=base64 to its reference to get base64 text"
             ) from None
@@ -72,10 +82,10 @@ def _json_text(value: Any) -> str:
 def _document(binding: refs.Binding, version: SecretVersion, text: str) -> dict[str, Any]:
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         document = None
     if not isinstance(document, dict):
-        raise SecretValueError(
+        raise NotJsonError(
             f"{binding.name}: secret {version.name} is not a JSON object, so "
             f"#{binding.ref.key} cannot select a key: drop the #KEY or store JSON"
         )
@@ -93,13 +103,20 @@ def extract(binding: refs.Binding, version: SecretVersion) -> list[tuple[str, st
         pairs = [(binding.name, text)]
     else:
         document = _document(binding, version, text)
-        if key == refs.ALL_KEYS:
-            pairs = [(refs.expand_key_name(binding.name, k), _json_text(v)) for k, v in document.items()]
-        elif key in document:
-            pairs = [(binding.name, _json_text(document[key]))]
-        else:
+        try:
+            if key == refs.ALL_KEYS:
+                pairs = [(refs.expand_key_name(binding.name, k), _json_text(v))
+                         for k, v in document.items()]
+            elif key in document:
+                pairs = [(binding.name, _json_text(document[key]))]
+            else:
+                pairs = []
+        except RecursionError:
+            raise NotJsonError(f"{binding.name}: secret {version.name} holds JSON nested too deeply "
+                               "to write back as a value") from None
+        if not pairs and key != refs.ALL_KEYS:
             known = ", ".join(sorted(document)) or "none"
-            raise SecretValueError(
+            raise JsonKeyError(
                 f"{binding.name}: secret {version.name} has no JSON key {key!r} (keys: {known})"
             )
     for name, value in pairs:
@@ -147,12 +164,23 @@ def _extract_all(
     return values, ids
 
 
+@dataclass(frozen=True)
+class Refreshed:
+    """One refresh: the new snapshot, the variables whose value changed, and the secrets that
+    could not be checked (their last good values are kept in ``snapshot``)."""
+
+    snapshot: Snapshot
+    changed: list[str]
+    failures: Mapping[str, ZtrError] = field(default_factory=dict)  # secret id -> why
+    checked: frozenset[str] = frozenset()  # secret ids checked successfully
+
+
 class Loader:
     """Loads and refreshes the declared secrets through a source and a retry policy."""
 
     def __init__(
         self,
-        source: SecretsManagerSource,
+        source: SecretSource,
         retry: RetryPolicy,
         *,
         bindings: Sequence[refs.Binding],
@@ -168,7 +196,10 @@ class Loader:
         self.clock = clock
 
     def expand(self, deadline: float) -> tuple[refs.Binding, ...]:
-        """The declared bindings plus one per secret under ``prefix`` (listed, all pages)."""
+        """The declared bindings plus one per secret under ``prefix`` (listed, all pages).
+
+        A secret found by the prefix may vanish later like an optional one: its variable goes.
+        """
         if not self.prefix:
             return self.declared
         prefix = self.prefix
@@ -180,7 +211,8 @@ class Loader:
             )
         origin = f"--prefix {prefix}"
         found = [
-            refs.Binding(refs.prefixed_env_name(name, prefix), refs.SecretRef(name), origin)
+            refs.Binding(refs.prefixed_env_name(name, prefix), refs.SecretRef(name, optional=True),
+                         origin)
             for name in names
         ]
         return self.declared + tuple(found)
@@ -211,61 +243,63 @@ class Loader:
             raise explained from exc
         return Snapshot.build(bindings, versions)
 
-    def refresh(self, previous: Snapshot) -> tuple[Snapshot, list[str]]:
-        """Check every unpinned secret's version (DescribeSecret); fetch only those that moved.
+    def refresh(self, previous: Snapshot, only: Iterable[str] | None = None) -> Refreshed:
+        """Check unpinned secrets' versions (one DescribeSecret each); fetch only those that moved.
 
-        Returns the new snapshot and the variables whose value changed. Raises on any failure,
-        so the caller keeps the last good snapshot.
+        ``only`` limits the check to these secret ids (an event named them). Each secret
+        stands alone: one that fails keeps its last good value and is reported in
+        ``failures`` while the others' changes are applied. An optional (or prefix-found)
+        secret that is gone is gone: its variables disappear, which is a change like any other.
         """
         deadline = self.clock() + self.timeout_seconds
+        wanted = None if only is None else set(only)
         by_secret: dict[str, list[FetchKey]] = {}
         for key in previous.versions:
-            if key[2] is None:  # version= pinned: cannot change by definition
-                by_secret.setdefault(key[0], []).append(key)
-        optional = _optional_keys(previous.bindings)
+            if key.version is None and (wanted is None or key.secret_id in wanted):
+                by_secret.setdefault(key.secret_id, []).append(key)
+        vanishable = _optional_keys(previous.bindings)
+        failures: dict[str, ZtrError] = {}
+        versions: dict[FetchKey, SecretVersion | None] = dict(previous.versions)
+
+        def lost(key: FetchKey, exc: ZtrError) -> None:
+            if isinstance(exc, SecretNotFoundError) and key in vanishable:
+                versions[key] = None
+            else:
+                failures.setdefault(key.secret_id, exc)
+
         moved: dict[FetchKey, str | None] = {}  # key -> the version id that carries its stage now
         for secret_id, keys in by_secret.items():
             try:
-                info = self.retry.call(lambda s=secret_id: self.source.describe(s), deadline)  # type: ignore[misc]
-            except SecretNotFoundError:
-                if all(previous.versions[k] is None and k in optional for k in keys):
-                    continue  # still missing, still optional
-                raise
-            stages = info.get("VersionIdsToStages") or {}
+                info = self.retry.call(partial(self.source.describe, secret_id), deadline)
+            except ZtrError as exc:
+                for key in keys:
+                    lost(key, exc)
+                continue
             for key in keys:
-                stage = key[1] or refs.DEFAULT_STAGE
-                current = next((v for v, labels in stages.items() if stage in labels), None)
+                current = info.version_for(key.tracked_stage)
                 known = previous.versions[key]
                 if current != (known.version_id if known else None):
                     moved[key] = current
-        if not moved:
-            return previous, []
-        results = self._fetch_moved(moved, deadline)
-        versions = dict(previous.versions)
-        versions.update(resolve_outcomes(
-            [b for b in previous.bindings if b.ref.fetch_key in results], results
-        ))
+        for key, version_id in moved.items():
+            # Fetch exactly the version DescribeSecret named (no race with a later move). A stage
+            # that vanished is fetched by stage, so its error is the one a start-up load gives.
+            exact = FetchKey(key.secret_id, None, version_id) if version_id else key
+            try:
+                fetched = self.retry.call(partial(self.source.get_one, exact), deadline)
+                candidate = {**versions, key: fetched}
+                Snapshot.build(previous.bindings, candidate)  # this value fits its references
+            except ZtrError as exc:
+                lost(key, exc)
+                continue
+            versions = candidate
         snapshot = Snapshot.build(previous.bindings, versions)
         changed = sorted(
             name for name in set(snapshot.values) | set(previous.values)
             if snapshot.values.get(name) != previous.values.get(name)
         )
-        return snapshot, changed
-
-    def _fetch_moved(
-        self, moved: Mapping[FetchKey, str | None], deadline: float
-    ) -> dict[FetchKey, SecretVersion | ZtrError]:
-        """Fetch exactly the version DescribeSecret named (no race with a later move; changes
-        are rare, so one GetSecretValue each costs little). A stage that vanished is refetched
-        by stage, so its error is the one a start-up load would give."""
-        results: dict[FetchKey, SecretVersion | ZtrError] = {}
-        for key, version_id in moved.items():
-            exact: FetchKey = (key[0], None, version_id) if version_id else key
-            try:
-                results[key] = self.retry.call(lambda k=exact: self.source.get_one(k), deadline)  # type: ignore[misc]
-            except ZtrError as exc:
-                results[key] = exc
-        return results
+        if not changed and snapshot.ids == previous.ids:
+            snapshot = previous
+        return Refreshed(snapshot, changed, failures, frozenset(set(by_secret) - set(failures)))
 
 
 def _optional_keys(bindings: Iterable[refs.Binding]) -> set[FetchKey]:

@@ -58,6 +58,12 @@ class Metrics:
                               registry=r)
         self.verify_failures_total = Counter("verify_failures", "--verify commands that failed.",
                                              namespace=ns, registry=r)
+        self.secret_check_failures_total = Counter(
+            "secret_check_failures", "Refresh checks of one secret that failed (last good value kept).",
+            ["secret"], namespace=ns, registry=r)
+        self.reaction_failures_total = Counter(
+            "reaction_failures", "Reactions to a change that could not happen, by reason.",
+            ["reason"], namespace=ns, registry=r)
         self._versions: dict[str, str] = {}
         for result in ("success", "error"):
             self.refresh_total.labels(result)

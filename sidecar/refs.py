@@ -22,6 +22,25 @@ _OPTION_NAMES = ("optional", "stage", "version", "encoding")
 
 
 @dataclass(frozen=True)
+class FetchKey:
+    """Identity of one API request: references that share it share one fetch."""
+
+    secret_id: str
+    stage: str | None = None
+    version: str | None = None
+
+    @property
+    def tracked_stage(self) -> str:
+        """The staging label whose moves refresh follows."""
+        return self.stage or DEFAULT_STAGE
+
+    @property
+    def at_current(self) -> bool:
+        """Neither a stage nor a version is pinned: BatchGetSecretValue can fetch it."""
+        return self.stage is None and self.version is None
+
+
+@dataclass(frozen=True)
 class SecretRef:
     """What to fetch and which part of it to use: ``SECRET_ID[#KEY][?OPTION[&OPTION...]]``."""
 
@@ -33,18 +52,8 @@ class SecretRef:
     encoding: str | None = None
 
     @property
-    def fetch_key(self) -> tuple[str, str | None, str | None]:
-        """Identity of the API request: references that share it share one fetch."""
-        return (self.secret_id, self.stage, self.version)
-
-    @property
-    def pinned(self) -> bool:
-        """A pinned version can never change, so refresh never looks at it."""
-        return self.version is not None
-
-    @property
-    def tracked_stage(self) -> str:
-        return self.stage or DEFAULT_STAGE
+    def fetch_key(self) -> FetchKey:
+        return FetchKey(self.secret_id, self.stage, self.version)
 
 
 @dataclass(frozen=True)

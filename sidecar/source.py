@@ -1,31 +1,40 @@
-"""Secrets Manager access: batch and single fetch, version checks, error translation.
+"""Secrets Manager access behind a typed boundary: fetch keys in, ``SecretVersion`` and
+``SecretInfo`` out, botocore errors translated into the error tree.
 
 Knows nothing of processes or files. Every botocore error is translated here, by error code,
-into the error tree, and chained; messages name the secret and the likely fix, never a value.
+and chained; messages name the secret and the likely fix, never a value. No AWS response dict
+leaves this module.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from .errors import (
     AccessDeniedError,
     ConfigError,
+    DeletedSecretError,
+    KmsDeniedError,
+    MissingSecretError,
     SecretNotFoundError,
     TransientError,
     ZtrError,
 )
+from .refs import FetchKey
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient  # boto3-stubs, dev only
 
+__all__ = ["FetchKey", "Identity", "SecretInfo", "SecretSource", "SecretVersion",
+           "SecretsManagerSource", "arn_pattern", "caller_identity", "make_client", "plan_fetch"]
+
 BATCH_LIMIT = 20  # BatchGetSecretValue's documented maximum ids per call
 BATCH_CONCURRENCY = 2  # batch calls in flight during one load
 
-FetchKey = tuple[str, "str | None", "str | None"]  # (secret id, stage, version)
 CallRecorder = Callable[[str, str], None]  # (operation, result)
 
 _TRANSIENT_CODES = frozenset(
@@ -78,32 +87,119 @@ class SecretVersion:
         return f"SecretVersion(name={self.name!r}, version_id={self.version_id!r})"
 
 
+@dataclass(frozen=True)
+class SecretInfo:
+    """What DescribeSecret says about a secret, parsed once: no value, only metadata."""
+
+    name: str
+    arn: str
+    stages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # version id -> labels
+    kms_key_id: str | None = None
+    rotation_enabled: bool = False
+    last_changed: datetime | None = None
+    last_rotated: datetime | None = None
+    next_rotation: datetime | None = None
+
+    def version_for(self, stage: str) -> str | None:
+        """The version id that carries ``stage`` now, or None."""
+        return next((version for version, labels in self.stages.items() if stage in labels), None)
+
+    @classmethod
+    def parse(cls, response: Mapping[str, Any]) -> SecretInfo:
+        stages = response.get("VersionIdsToStages") or {}
+
+        def when(key: str) -> datetime | None:
+            value = response.get(key)
+            return value if isinstance(value, datetime) else None
+
+        return cls(
+            name=str(response.get("Name", "")),
+            arn=str(response.get("ARN", "")),
+            stages={str(v): tuple(str(label) for label in labels) for v, labels in stages.items()},
+            kms_key_id=str(response["KmsKeyId"]) if response.get("KmsKeyId") else None,
+            rotation_enabled=bool(response.get("RotationEnabled", False)),
+            last_changed=when("LastChangedDate"),
+            last_rotated=when("LastRotatedDate"),
+            next_rotation=when("NextRotationDate"),
+        )
+
+
+class SecretSource(Protocol):
+    """What the loader, ``check`` and ``iam-policy`` need from Secrets Manager."""
+
+    region: str
+
+    @property
+    def endpoint(self) -> str: ...
+
+    def list_names(self, prefix: str, limit: int | None = None) -> list[str]: ...
+
+    def get_one(self, key: FetchKey) -> SecretVersion: ...
+
+    def get_many(self, keys: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]: ...
+
+    def describe(self, secret_id: str) -> SecretInfo: ...
+
+    def explain_missing(self, error: SecretNotFoundError) -> SecretNotFoundError: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller, for reports (STS GetCallerIdentity); ``error`` says why it is unknown."""
+
+    account: str | None
+    arn: str | None
+    error: str | None = None
+
+
+def _client_config(region: str, timeout_seconds: float, *, attempts: int = 2) -> Any:
+    import botocore.config
+
+    # Leave room for at least three attempts inside the load's deadline.
+    attempt_timeout = max(1.0, min(10.0, timeout_seconds / 3))
+    return botocore.config.Config(
+        region_name=region,
+        connect_timeout=min(5.0, attempt_timeout),
+        read_timeout=attempt_timeout,
+        # ztr's own tenacity policy does the patient retrying; botocore's stays small so
+        # the two do not multiply into a storm of attempts.
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        user_agent_extra="ztr",
+    )
+
+
 def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -> SecretsManagerClient:
     """A Secrets Manager client on boto3's default credential chain and endpoint settings.
 
     Uses botocore's session (what boto3 wraps) directly: same credential chain, same
     AWS_ENDPOINT_URL_SECRETS_MANAGER handling, without importing boto3's resource layer.
     """
-    import botocore.config
+    return cast("SecretsManagerClient",
+                _create_client("secretsmanager", endpoint_url, _client_config(region, timeout_seconds)))
+
+
+def _create_client(service: str, endpoint_url: str | None, config: Any) -> Any:
     import botocore.session
 
-    # Leave room for at least three attempts inside the load's deadline.
-    attempt_timeout = max(1.0, min(10.0, timeout_seconds / 3))
-    config = botocore.config.Config(
-        region_name=region,
-        connect_timeout=min(5.0, attempt_timeout),
-        read_timeout=attempt_timeout,
-        # ztr's own tenacity policy does the patient retrying; botocore's stays small so
-        # the two do not multiply into a storm of attempts.
-        retries={"mode": "standard", "total_max_attempts": 2},
-        user_agent_extra="ztr",
-    )
-    session = botocore.session.get_session()
-    client = session.create_client("secretsmanager", endpoint_url=endpoint_url, config=config)
-    return cast("SecretsManagerClient", client)
+    return botocore.session.get_session().create_client(service, endpoint_url=endpoint_url,
+                                                        config=config)
 
 
-def _error_code(exc: BaseException) -> str:
+def caller_identity(region: str, timeout_seconds: float) -> Identity:
+    """STS GetCallerIdentity on boto3's default chain (AWS_ENDPOINT_URL_STS is honoured).
+
+    Never raises: the identity is context for a report, not a reason to fail.
+    """
+    try:
+        client = _create_client("sts", None, _client_config(region, timeout_seconds))
+        response = client.get_caller_identity()
+    except Exception as exc:  # noqa: BLE001 - context for a report: never fail on it
+        return Identity(None, None, error_code(exc))
+    return Identity(str(response.get("Account")), str(response.get("Arn")))
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore exception, else the exception's type name."""
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
 
@@ -113,12 +209,28 @@ def _status(exc: BaseException) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+def partition(region: str) -> str:
+    """The ARN partition of ``region`` (aws, aws-cn, aws-us-gov, ...), from botocore's own
+    partition data; ``aws`` when botocore does not know the region."""
+    import botocore.session
+
+    try:
+        return str(botocore.session.get_session().get_partition_for_region(region))
+    except Exception:  # noqa: BLE001 - an unknown region is most likely a new commercial one
+        return "aws"
+
+
+def arn(service: str, region: str, account: str | None, resource: str) -> str:
+    """An ARN in ``region``'s partition; ``*`` for an unknown account."""
+    return f"arn:{partition(region)}:{service}:{region}:{account or '*'}:{resource}"
+
+
 def arn_pattern(secret_id: str, region: str, account: str | None = None) -> str:
     """The resource an IAM policy must allow for a secret named or ARN'd ``secret_id``: a name
     gets the six random characters AWS appends to its ARN as ``-??????``."""
     if secret_id.startswith("arn:"):
         return secret_id
-    return f"arn:aws:secretsmanager:{region}:{account or '*'}:secret:{secret_id}-??????"
+    return arn("secretsmanager", region, account, f"secret:{secret_id}-??????")
 
 
 class SecretsManagerSource:
@@ -177,7 +289,7 @@ class SecretsManagerSource:
             # botocore checks ids before sending: the report names parameters, never values.
             report = str(exc).splitlines()[-1]
             return ConfigError(f"{secret_id}: botocore rejected the request before sending ({report})")
-        code = _error_code(exc)
+        code = error_code(exc)
         message = str((getattr(exc, "response", None) or {}).get("Error", {}).get("Message", ""))
         status = _status(exc)
         if code in _TRANSIENT_CODES or status >= 500:
@@ -187,7 +299,7 @@ class SecretsManagerSource:
                 throttled=code in _THROTTLING_CODES,
             )
         if code == "DecryptionFailure" or (code in _DENIED_CODES and "kms" in message.lower()):
-            return AccessDeniedError(
+            return KmsDeniedError(
                 f"{secret_id}: KMS refused to decrypt it ({code}): grant kms:Decrypt on the "
                 "secret's KMS key to the role ztr runs as"
             )
@@ -200,10 +312,7 @@ class SecretsManagerSource:
         if code == "ResourceNotFoundException":
             return MissingSecretError(secret_id, f"{secret_id}: not found in {self.region}")
         if code == "InvalidRequestException" and "delet" in message.lower():
-            return SecretNotFoundError(
-                f"{secret_id}: scheduled for deletion: restore it with "
-                f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
-            )
+            return _deleted(secret_id)
         if code in ("InvalidParameterException", "InvalidRequestException", "ValidationException"):
             return ConfigError(f"{secret_id}: Secrets Manager rejected the request ({code})")
         return ZtrError(f"{secret_id}: unexpected error from Secrets Manager ({code}, HTTP {status})")
@@ -260,17 +369,16 @@ class SecretsManagerSource:
             raise self.translate(exc, prefix + "*", "ListSecrets") from exc
 
     def get_one(self, key: FetchKey) -> SecretVersion:
-        secret_id, stage, version = key
-        kwargs: dict[str, Any] = {"SecretId": secret_id}
-        if stage:
-            kwargs["VersionStage"] = stage
-        if version:
-            kwargs["VersionId"] = version
+        kwargs: dict[str, Any] = {"SecretId": key.secret_id}
+        if key.stage:
+            kwargs["VersionStage"] = key.stage
+        if key.version:
+            kwargs["VersionId"] = key.version
         try:
             response = self._client.get_secret_value(**kwargs)
         except Exception as exc:
-            raise self.translate(exc, secret_id, "GetSecretValue") from exc
-        return self._to_version(secret_id, response)
+            raise self.translate(exc, key.secret_id, "GetSecretValue") from exc
+        return self._to_version(key.secret_id, response)
 
     def get_many(self, keys: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
         """Fetch several secrets in as few calls as possible.
@@ -334,7 +442,7 @@ class SecretsManagerSource:
         return {}, chunk
 
     def _batch(self, chunk: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
-        by_id = {key[0]: key for key in chunk}
+        by_id = {key.secret_id: key for key in chunk}
         results: dict[FetchKey, SecretVersion | ZtrError] = {}
         try:
             response = self._client.batch_get_secret_value(SecretIdList=list(by_id))
@@ -343,28 +451,22 @@ class SecretsManagerSource:
         if "SecretValues" not in response and "Errors" not in response:
             raise self._malformed(f"{len(chunk)} secrets", "BatchGetSecretValue")
         for entry in response.get("SecretValues", []):
-            key = _match(by_id, entry)
-            if key is not None:
-                results[key] = self._to_version(key[0], entry)
+            # One secret may be declared by name and by ARN: every id it answers gets it.
+            for key in _matches(by_id, entry):
+                results[key] = self._to_version(key.secret_id, entry)
         for error in response.get("Errors", []):
-            key = by_id.get(error.get("SecretId", ""))
-            if key is None:
+            failed = by_id.get(error.get("SecretId", ""))
+            if failed is None:
                 continue
             fake = _FakeClientError(error.get("ErrorCode", ""), error.get("Message", ""))
-            results[key] = self.translate(fake, key[0], "GetSecretValue")
+            results[failed] = self.translate(fake, failed.secret_id, "GetSecretValue")
         for key in chunk:  # an id in neither list: treat as not found rather than hang on it
-            results.setdefault(key, SecretNotFoundError(f"{key[0]}: not returned by Secrets Manager"))
+            results.setdefault(key, SecretNotFoundError(
+                f"{key.secret_id}: not returned by Secrets Manager"))
         return results
 
-    def current_version(self, secret_id: str, stage: str) -> str | None:
-        """The version id that carries ``stage`` now (DescribeSecret: no value transferred)."""
-        info = self.describe(secret_id)
-        for version_id, stages in (info.get("VersionIdsToStages") or {}).items():
-            if stage in stages:
-                return str(version_id)
-        return None
-
-    def describe(self, secret_id: str) -> dict[str, Any]:
+    def describe(self, secret_id: str) -> SecretInfo:
+        """DescribeSecret: versions and stages, no value transferred."""
         try:
             response: dict[str, Any] = dict(self._client.describe_secret(SecretId=secret_id))
         except Exception as exc:
@@ -372,11 +474,8 @@ class SecretsManagerSource:
         if "Name" not in response and "ARN" not in response:
             raise self._malformed(secret_id, "DescribeSecret")
         if response.get("DeletedDate"):
-            raise SecretNotFoundError(
-                f"{secret_id}: scheduled for deletion: restore it with "
-                f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
-            )
-        return response
+            raise _deleted(secret_id)
+        return SecretInfo.parse(response)
 
     def _malformed(self, secret_id: str, operation: str) -> TransientError:
         # botocore turns a truncated or non-JSON 200 body into an empty result: never take
@@ -403,12 +502,11 @@ class SecretsManagerSource:
         )
 
 
-class MissingSecretError(SecretNotFoundError):
-    """Secrets Manager said ResourceNotFoundException for ``secret_id``."""
-
-    def __init__(self, secret_id: str, message: str) -> None:
-        super().__init__(message)
-        self.secret_id = secret_id
+def _deleted(secret_id: str) -> DeletedSecretError:
+    return DeletedSecretError(
+        f"{secret_id}: scheduled for deletion: restore it with "
+        f"`aws secretsmanager restore-secret --secret-id {secret_id}` or remove it from ztr"
+    )
 
 
 class _FakeClientError(Exception):
@@ -419,15 +517,14 @@ class _FakeClientError(Exception):
         self.response = {"Error": {"Code": code, "Message": message}, "ResponseMetadata": {}}
 
 
-def _match(by_id: dict[str, FetchKey], entry: Mapping[str, Any]) -> FetchKey | None:
-    for candidate in (entry.get("Name"), entry.get("ARN")):
-        if candidate in by_id:
-            return by_id[candidate]
-    arn = str(entry.get("ARN", ""))
-    for secret_id, key in by_id.items():  # a partial ARN (without the random suffix)
-        if secret_id.startswith("arn:") and arn.startswith(secret_id):
-            return key
-    return None
+def _matches(by_id: dict[str, FetchKey], entry: Mapping[str, Any]) -> list[FetchKey]:
+    """The requested ids a batch entry answers: its name, its ARN, or a partial ARN (an ARN
+    without the six random characters)."""
+    name, full_arn = str(entry.get("Name", "")), str(entry.get("ARN", ""))
+    return [key for secret_id, key in by_id.items()
+            if secret_id in (name, full_arn)
+            or (secret_id.startswith("arn:") and full_arn.startswith(secret_id + "-")
+                and len(full_arn) == len(secret_id) + 7)]
 
 
 def plan_fetch(keys: Sequence[FetchKey]) -> tuple[list[list[FetchKey]], list[FetchKey]]:
@@ -436,7 +533,7 @@ def plan_fetch(keys: Sequence[FetchKey]) -> tuple[list[list[FetchKey]], list[Fet
     GetSecretValue: the same single call, and one IAM action fewer. ``iam-policy`` and
     ``plan`` derive their answers from this too."""
     keys = unique(keys)
-    current = [key for key in keys if key[1] is None and key[2] is None]
+    current = [key for key in keys if key.at_current]
     single = [key for key in keys if key not in current]
     if len(current) == 1:
         return [], single + current

@@ -1,8 +1,8 @@
 """The child process: start, forward signals, reap zombies, stop with a grace period, exit status.
 
-Knows nothing of AWS. Signal handlers only record (Python writes each signal number to a
-wakeup pipe, in order); one loop reads that pipe, forwards, reaps and acts, like dumb-init's
-sigwait loop and tini's sigtimedwait + reap_zombies.
+Knows nothing of AWS. Signals arrive through the process's ``SignalInbox`` (handlers installed
+once, that only record); one loop reads it, forwards, reaps and acts, like dumb-init's sigwait
+loop and tini's sigtimedwait + reap_zombies.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import queue
-import selectors
 import shutil
 import signal
 import sys
@@ -19,29 +18,17 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND
+from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
+from .signals import JOB_CONTROL, STOPPING, SignalInbox
 
-FORWARDED = (
-    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
-)
-STOPPING = frozenset({signal.SIGTERM, signal.SIGINT})
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_DUMPABLE = 4
 # Members of the child's group that are not ztr's children send no SIGCHLD when they die:
 # while waiting for them, look this often.
 _SETTLE_POLL_SECONDS = 0.05
 _MAX_WAIT_SECONDS = 3600.0  # epoll refuses waits over 2**31 ms (~24.8 days): wake up and re-check
 _ALL_SIGNALS = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-
-
-class SpawnError(Exception):
-    """The command could not be started; ``exit_code`` is 127 (not found) or 126."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def exit_code_of(status: int) -> int:
@@ -51,17 +38,30 @@ def exit_code_of(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they are reaped here too."""
-    if os.getpid() == 1 or not sys.platform.startswith("linux"):
-        return os.getpid() == 1
-    import ctypes  # only here: PID 1 never needs it, and it costs memory on every pod
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes  # only here: it costs memory, and only Linux has prctl
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they are reaped here too."""
+    if os.getpid() == 1:
+        return True
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def forbid_core_dumps() -> bool:
+    """Make ztr's own process not dumpable: no core file can carry the secrets it holds, and
+    other processes of the same user cannot read its /proc/PID/environ or memory. An exec
+    resets the flag, so the app's own core settings are untouched."""
+    return _prctl(_PR_SET_DUMPABLE, 0)
 
 
 def resolve_command(argv0: str, env: Mapping[str, str]) -> str:
@@ -110,6 +110,46 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, quiet: bool = False) -
     except OSError as exc:
         code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
         raise SpawnError(f"{argv[0]}: cannot execute ({exc.strerror})", code) from exc
+
+
+def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> int:
+    """Start ``argv`` in its own process group that owns the terminal ``tty`` before the app's
+    first instruction, as a shell starts a foreground job: the child takes the terminal itself
+    before exec, and the parent does too, so neither order of the two can leave the app reading
+    a terminal it does not own (SIGTTIN). Only for an interactive terminal: posix_spawn cannot
+    do this step, so this path forks. Raises SpawnError (127 / 126)."""
+    executable = resolve_command(argv[0], env)
+    report_r, report_w = os.pipe()  # close-on-exec: EOF means the exec succeeded
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls until exec
+        try:
+            os.setpgid(0, 0)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(tty, os.getpid())
+            for signum in _ALL_SIGNALS:
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(signum, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())
+            os.execve(executable, list(argv), dict(env))  # noqa: S606
+        except OSError as exc:
+            os.write(report_w, str(exc.errno or 0).encode())
+        finally:
+            os._exit(EXIT_NOT_FOUND)
+    os.close(report_w)
+    with contextlib.suppress(OSError):  # EACCES once the child has exec'd: it did it itself
+        os.setpgid(pid, pid)
+    _set_foreground(tty, pid)
+    try:
+        report = os.read(report_r, 16)
+    finally:
+        os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)
+        error = int(report or b"0")
+        code = EXIT_NOT_FOUND if error == errno.ENOENT else EXIT_NOT_EXECUTABLE
+        raise SpawnError(f"{argv[0]}: cannot execute ({os.strerror(error)})", code)
+    return pid
 
 
 def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
@@ -185,28 +225,30 @@ class Supervisor:
         argv: Sequence[str],
         env: Mapping[str, str],
         *,
+        inbox: SignalInbox,
         grace_seconds: float,
         on_start: Callable[[int], None] | None = None,
         on_exit: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
         subreaper: Callable[[], bool] = become_subreaper,
+        cwd: str | None = None,
     ) -> None:
         self.argv = list(argv)
         self.env = dict(env)
+        self.inbox = inbox
         self.grace_seconds = grace_seconds
         self.on_start = on_start or (lambda pid: None)
         self.on_exit = on_exit or (lambda code: None)
         self.clock = clock
         self.log = log or (lambda message: None)
         self.subreaper = subreaper
+        # The app starts (and restarts) where ztr was started; ztr itself then moves to /, so
+        # it keeps no directory busy (an unmount, a deleted working tree), as dumb-init does.
+        self.cwd = cwd if cwd is not None else os.getcwd()
         self.pid: int | None = None  # the running child; None once it has exited
         self.started_at: float | None = None
         self._actions: queue.SimpleQueue[Action] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        self._signal_r, self._signal_w = os.pipe()
-        for fd in (self._wake_r, self._wake_w, self._signal_r, self._signal_w):
-            os.set_blocking(fd, False)
         self._pgid: int | None = None  # the child's group, until everything in it is gone
         self._exit_code: int | None = None  # the child's, while its group settles
         self._stop_deadline: float | None = None
@@ -214,14 +256,14 @@ class Supervisor:
         self._pending: Restart | Exit | None = None
         self._killed = False
         self._tty_fd: int | None = None
+        self._child_stopped_by: int | None = None  # the signal that stopped the app, if stopped
         self._asides: dict[int, _Aside] = {}
 
     # -- called from other threads ------------------------------------------------------
 
     def submit(self, action: Action) -> None:
         self._actions.put(action)
-        with contextlib.suppress(BlockingIOError):  # full: the loop is already awake
-            os.write(self._wake_w, b"\0")
+        self.inbox.wake()
 
     def run_aside(self, argv: Sequence[str], env: Mapping[str, str], *, timeout: float) -> int:
         """Run a command beside the app and return its exit code (124 if it ran too long)."""
@@ -243,48 +285,45 @@ class Supervisor:
     def run(self) -> int:
         """Start the child and supervise it until it exits for good; return ztr's exit code.
 
-        Raises SpawnError when the command cannot be started.
+        A SIGTERM or SIGINT that arrived before the start means no start: 128+N. Raises
+        SpawnError when the command cannot be started.
         """
         self.subreaper()
-        previous = self._install_handlers()
-        try:
-            self._start()
-            return self._loop()
-        finally:
-            signal.set_wakeup_fd(-1)
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        early = self._before_start()
+        if early is not None:
+            return early
+        self._start()
+        self.inbox.wake()  # actions submitted before the start wait in the queue: look now
+        return self._loop()
 
-    def _install_handlers(self) -> dict[int, Callable[[int, Any], Any] | int]:
-        # Handlers do nothing: the wakeup fd carries each signal number to the loop, in order.
-        previous: dict[int, Callable[[int, Any], Any] | int] = {}
-        signal.set_wakeup_fd(self._signal_w, warn_on_full_buffer=False)
-        for signum in (*FORWARDED, signal.SIGCHLD):
-            handler = signal.signal(signum, _record)
-            if handler is not None:  # None: set outside Python, nothing to restore it with
-                previous[signum] = handler
-        return previous
+    def _before_start(self) -> int | None:
+        """Signals that came before there was an app: a stop wins, the rest are dropped."""
+        for signum in self.inbox.take():
+            if signum in STOPPING:
+                self.log(f"Stopped by {signal.Signals(signum).name} before the app started: "
+                         "nothing was started")
+                return 128 + signum
+            if signum != signal.SIGCHLD:
+                self.log(f"Signal {_name(signum)} received before the app started: not forwarded")
+        return None
+
+    def _spawn_child(self) -> int:
+        tty = _foreground_tty()
+        os.chdir(self.cwd)
+        try:
+            pid = spawn_foreground(self.argv, self.env, tty) if tty is not None \
+                else spawn(self.argv, self.env)
+        finally:
+            with contextlib.suppress(OSError):
+                os.chdir("/")
+        if tty is not None:
+            self._tty_fd = tty
+        return pid
 
     def _start(self) -> None:
-        self.pid = self._pgid = spawn(self.argv, self.env)
+        self.pid = self._pgid = self._spawn_child()
         self.started_at = self.clock()
-        self._give_terminal(self.pid)
         self.on_start(self.pid)
-
-    def _give_terminal(self, pgid: int) -> None:
-        """On a TTY, make the child's group the foreground group, as a shell does: Ctrl-C then
-        reaches the app directly and only once, and ztr stays out of the terminal's way."""
-        try:
-            if not os.isatty(0) or os.tcgetpgrp(0) != os.getpgrp():
-                return
-            previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            try:
-                os.tcsetpgrp(0, pgid)
-                self._tty_fd = 0
-            finally:
-                signal.signal(signal.SIGTTOU, previous)
-        except OSError:
-            pass
 
     def _take_terminal_back(self) -> None:
         if self._tty_fd is None:
@@ -299,14 +338,9 @@ class Supervisor:
             self._tty_fd = None
 
     def _loop(self) -> int:
-        selector = selectors.DefaultSelector()
-        selector.register(self._signal_r, selectors.EVENT_READ)
-        selector.register(self._wake_r, selectors.EVENT_READ)
         while True:
-            selector.select(self._timeout())
-            for signum in _drain(self._signal_r):
+            for signum in self.inbox.wait(self._timeout()):
                 self._on_signal(signum)
-            _drain(self._wake_r)
             while True:
                 try:
                     self._on_action(self._actions.get_nowait())
@@ -338,8 +372,15 @@ class Supervisor:
         if signum == signal.SIGCHLD:
             return  # reaping happens on every turn of the loop
         self._signal_group(signum)
-        if signum in STOPPING and self._stop_reason != "shutdown":
-            self._begin_stop("shutdown", send=False)
+        if signum in STOPPING:
+            if self._child_stopped_by is not None:  # a stopped app acts on SIGTERM once continued
+                self._signal_group(signal.SIGCONT)
+            if self._stop_reason != "shutdown":
+                self._begin_stop("shutdown", send=False)
+        elif signum in JOB_CONTROL and os.getpid() != 1:
+            # Job control, as dumb-init does it: the app got the stop request; ztr suspends too
+            # (SIGSTOP cannot be caught) and forwards the SIGCONT that resumes it.
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _on_action(self, action: Action) -> None:
         if isinstance(action, _Aside):
@@ -403,20 +444,40 @@ class Supervisor:
         code = None
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED | os.WCONTINUED)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            if os.WIFSTOPPED(status) or os.WIFCONTINUED(status):
+                if pid == self.pid:
+                    if os.WIFSTOPPED(status):
+                        self._child_stopped(os.WSTOPSIG(status))
+                    else:
+                        self._child_stopped_by = None
+                continue
             if pid == self.pid:
                 code = exit_code_of(status)
             elif pid in self._asides:
                 self._asides.pop(pid).finish(exit_code_of(status))
         return code
 
+    def _child_stopped(self, signum: int) -> None:
+        """The app stopped. Reading or writing a terminal it does not own (SIGTTIN/SIGTTOU) is
+        the hang to avoid: give it the terminal and continue it. A deliberate SIGSTOP/SIGTSTP
+        stands; a SIGTERM later continues it so that it can act on it."""
+        self.log(f"The app stopped ({_name(signum)})")
+        self._child_stopped_by = signum
+        if signum in (signal.SIGTTIN, signal.SIGTTOU):
+            tty = _foreground_tty(require_ours=False)
+            if tty is not None and self._pgid is not None:
+                _set_foreground(tty, self._pgid)
+                self._tty_fd = tty
+            self._signal_group(signal.SIGCONT)
+
     def _child_exited(self, code: int) -> None:
         """The main child is gone: report it, and stop what it left in its group."""
-        self.pid, self._exit_code = None, code
+        self.pid, self._exit_code, self._child_stopped_by = None, code, None
         self._take_terminal_back()
         self.on_exit(code)
         if not self._killed and self._group_alive():
@@ -447,18 +508,31 @@ class Supervisor:
         return code
 
 
-def _record(signum: int, frame: object) -> None:
-    """Signal handler: nothing to do, the wakeup fd already carries the signal number."""
+def _name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
 
 
-def _drain(fd: int) -> list[int]:
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 4096)
-        except (BlockingIOError, InterruptedError):
-            break
-        if not chunk:
-            break
-        data += chunk
-    return list(data)
+def _foreground_tty(*, require_ours: bool = True) -> int | None:
+    """Standard input's terminal, when ztr's group owns it (or, with ``require_ours`` false,
+    when there is one at all)."""
+    try:
+        if not os.isatty(0):
+            return None
+        if require_ours and os.tcgetpgrp(0) != os.getpgrp():
+            return None
+    except OSError:
+        return None
+    return 0
+
+
+def _set_foreground(fd: int, pgid: int) -> None:
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(fd, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, previous)

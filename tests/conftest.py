@@ -25,6 +25,19 @@ FAKE_CREDENTIALS = {
 }
 
 
+# Tests that start real processes (ztr, apps, shells, moto-backed CLIs): `make test-fast` leaves
+# them out for the inner loop; `make test` runs everything.
+_PROCESS_DIRS = ("integration", "reliability", "image")
+_PROCESS_FILES = ("test_supervisor.py", "test_entrypoint.py", "test_readers.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        if path.parent.name in _PROCESS_DIRS or path.name in _PROCESS_FILES:
+            item.add_marker(pytest.mark.process)
+
+
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's AWS profile or a stray ZTR_* setting."""

@@ -40,6 +40,10 @@ from collections.abc import Callable
 WATCHED = (
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
     signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT,
+    # the rest of what ztr-run forwards, which used to kill ztr by their default action
+    signal.SIGALRM, signal.SIGPWR, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGSYS,
+    signal.SIGVTALRM, signal.SIGPROF, signal.SIGXCPU, signal.SIGURG, signal.SIGIO,
+    signal.SIGSTKFLT, signal.SIGRTMIN,
 )
 STOPPING = (signal.SIGTERM, signal.SIGINT)
 SLEEP_SECONDS = "120"  # long enough to outlive any test; tests kill what they start

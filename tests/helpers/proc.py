@@ -17,9 +17,9 @@ from tests.helpers.ztr import parse_logs
 
 
 class Proc:
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None = None) -> None:
         self.popen = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1)
+                                      stderr=subprocess.PIPE, text=True, bufsize=1, cwd=cwd)
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._changed = threading.Condition()

@@ -246,18 +246,28 @@ def test_run_max_restarts_postpones_further_restarts(sm: Any, ztr_env: dict[str,
         proc.stop()
 
 
+def _seconds(record: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.strptime(record["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
 def test_run_min_uptime_delays_restart(sm: Any, ztr_env: dict[str, str]) -> None:
     sm.create_secret(Name=SECRET, SecretString="v1")
-    args = ["--refresh-interval", "1h", "--debounce", "0s", "--min-uptime", "1s"]
+    args = ["--refresh-interval", "1h", "--debounce", "0s", "--min-uptime", "2s"]
     proc = Proc([ZTR_RUN, "--secret", f"DB={SECRET}", *args, "--", *CHILD], ztr_env)
     try:
         proc.wait_stdout("value=v1")
+        first_start = proc.wait_log("Started the app")
         sm.put_secret_value(SecretId=SECRET, SecretString="v2")
         _refresh(proc)
+        detected = proc.wait_log("Secret change detected")
         proc.wait_stdout("value=v2", timeout=10)
         restarted = proc.wait_log("Restarting the app with the new secrets")
-        started = proc.wait_log("Started the app")
-        assert restarted["time"] >= started["time"]
+        # The change was seen well inside the first 2 s of uptime, and the restart waited for it.
+        assert _seconds(detected) - _seconds(first_start) < 2.0
+        assert proc.count_log("Restart postponed by --min-uptime / --max-restarts") >= 1
+        assert _seconds(restarted) - _seconds(first_start) >= 2.0 - 0.002  # ms timestamps
     finally:
         proc.stop()
 

@@ -55,6 +55,12 @@ def config_error_line(code: int, stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code == 64, f"exit {code}, expected 64; stderr: {stderr!r}"
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr!r}"
+    if lines[0].startswith("{"):  # the JSON log format (the default): the message it carries
+        record = json.loads(lines[0])
+        assert record["level"] == "error", record
+        assert record["exit_code"] == 64, record
+        assert record["msg"].startswith("ztr: "), record
+        return str(record["msg"])
     return lines[0]
 
 
@@ -63,8 +69,10 @@ def error_record(code: int, stderr: str) -> dict[str, Any]:
     exit_code is the process's; a config error (one ``ztr:`` line) is accepted for exit 64."""
     assert "Traceback" not in stderr, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
-    if code == 64 and len(lines) == 1 and lines[0].startswith("ztr: "):
+    if code == 64 and len(lines) == 1 and lines[0].startswith("ztr: "):  # --log-format text
         return {"msg": lines[0], "exit_code": 64, "level": "error"}
+    if code == 64 and len(lines) == 1:
+        return {**json.loads(lines[0]), "msg": config_error_line(code, stderr)}
     records = []
     for line in lines:
         try:

@@ -21,8 +21,9 @@ from sidecar.errors import (
     ZtrError,
 )
 from sidecar.loader import Loader, Snapshot, extract
+from sidecar.refs import FetchKey
 from sidecar.retry import RetryPolicy
-from sidecar.source import FetchKey, SecretVersion
+from sidecar.source import SecretVersion
 
 VERSION = "EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE"
 
@@ -59,12 +60,12 @@ class FakeSource:
             raise TransientError("fake: throttled")
         out: dict[FetchKey, SecretVersion | ZtrError] = {}
         for key in keys:
-            if key[0] in self.errors:
-                out[key] = self.errors[key[0]]
-            elif key[0] in self.values:
-                out[key] = version(self.values[key[0]], key[0])
+            if key.secret_id in self.errors:
+                out[key] = self.errors[key.secret_id]
+            elif key.secret_id in self.values:
+                out[key] = version(self.values[key.secret_id], key.secret_id)
             else:
-                out[key] = SecretNotFoundError(f"{key[0]}: not found in us-east-1")
+                out[key] = SecretNotFoundError(f"{key.secret_id}: not found in us-east-1")
         return out
 
     def explain_missing(self, error: SecretNotFoundError) -> SecretNotFoundError:
@@ -150,7 +151,7 @@ def test_extract_value_not_fitting_reference_raises_65_without_the_value(
 def test_snapshot_build_name_given_twice_raises_naming_both() -> None:
     bindings = [binding("DB_USER=a"), binding("DB_=b#*")]
     versions: dict[FetchKey, SecretVersion | None] = {
-        ("a", None, None): version("x", "a"), ("b", None, None): version('{"user": "y"}', "b")}
+        FetchKey("a"): version("x", "a"), FetchKey("b"): version('{"user": "y"}', "b")}
     with pytest.raises(ConfigError) as caught:
         Snapshot.build(bindings, versions)
     assert "DB_USER is given twice" in str(caught.value)
@@ -174,7 +175,7 @@ def test_loader_load_returns_values_and_version_ids() -> None:
 def test_loader_optional_missing_is_left_out() -> None:
     snapshot = make_loader(FakeSource({"a": "1"}), ["A=a", "B=gone?optional"]).load()
     assert dict(snapshot.values) == {"A": "1"}
-    assert snapshot.versions[("gone", None, None)] is None
+    assert snapshot.versions[FetchKey("gone")] is None
 
 
 def test_loader_required_missing_raises_66_with_hint() -> None:
@@ -259,5 +260,5 @@ def test_child_environment_does_not_change_its_inputs() -> None:
 
 
 def test_snapshot_secret_values_feed_the_redactor() -> None:
-    snapshot = Snapshot.build((binding("A=a"),), {("a", None, None): version("v1", "a")})
+    snapshot = Snapshot.build((binding("A=a"),), {FetchKey("a"): version("v1", "a")})
     assert snapshot.secret_values() == ["v1"]

@@ -183,7 +183,8 @@ def test_parse_ref_empty_query_means_no_options() -> None:
 def test_secret_ref_fetch_key_ignores_key_and_optional() -> None:
     a = refs.parse_ref("db#user?optional", "t")
     b = refs.parse_ref("db#password", "t")
-    assert a.fetch_key == b.fetch_key == ("db", None, None)
-    assert refs.parse_ref("db?stage=AWSPREVIOUS", "t").fetch_key == ("db", "AWSPREVIOUS", None)
-    assert refs.parse_ref(f"db?version={VERSION}", "t").pinned
-    assert refs.parse_ref("db", "t").tracked_stage == "AWSCURRENT"
+    assert a.fetch_key == b.fetch_key == refs.FetchKey("db")
+    assert refs.parse_ref("db?stage=AWSPREVIOUS", "t").fetch_key == refs.FetchKey("db", "AWSPREVIOUS")
+    assert refs.parse_ref(f"db?version={VERSION}", "t").fetch_key.version == VERSION
+    assert refs.parse_ref("db", "t").fetch_key.tracked_stage == "AWSCURRENT"
+    assert refs.parse_ref("db?stage=AWSPENDING", "t").fetch_key.tracked_stage == "AWSPENDING"

@@ -18,6 +18,7 @@ from sidecar.errors import (
     TransientError,
     ZtrError,
 )
+from sidecar.refs import FetchKey
 from sidecar.source import BATCH_LIMIT, SecretsManagerSource, SecretVersion, arn_pattern
 
 REGION = "us-east-1"
@@ -60,8 +61,8 @@ def source(client: Any) -> SecretsManagerSource:
     return SecretsManagerSource(client, region=REGION)
 
 
-def current(*names: str) -> list[tuple[str, None, None]]:
-    return [(name, None, None) for name in names]
+def current(*names: str) -> list[FetchKey]:
+    return [FetchKey(name) for name in names]
 
 
 # -- request shapes ---------------------------------------------------------------------------
@@ -74,7 +75,7 @@ def test_get_many_several_current_secrets_use_one_batch_call(
                       {"SecretValues": [entry("a", "1"), entry("b", b"2")], "Errors": []},
                       {"SecretIdList": ["a", "b"]})
     results = source.get_many(current("a", "b"))
-    assert {key[0]: v.value for key, v in results.items() if isinstance(v, SecretVersion)} == {
+    assert {key.secret_id: v.value for key, v in results.items() if isinstance(v, SecretVersion)} == {
         "a": "1", "b": b"2"}
 
 
@@ -90,12 +91,12 @@ def test_get_many_n_secrets_use_ceil_n_over_20_batch_calls(
                           {"SecretIdList": chunk})
     results = source.get_many(current(*names))
     assert len(results) == count
-    assert all(isinstance(v, SecretVersion) and v.value == k[0] for k, v in results.items())
+    assert all(isinstance(v, SecretVersion) and v.value == k.secret_id for k, v in results.items())
 
 
 def test_get_many_one_secret_uses_get_secret_value(stub: Stubber, source: SecretsManagerSource) -> None:
     stub.add_response("get_secret_value", entry("a", "1"), {"SecretId": "a"})
-    assert source.get_many(current("a"))[("a", None, None)].value == "1"  # type: ignore[union-attr]
+    assert source.get_many(current("a"))[FetchKey("a")].value == "1"  # type: ignore[union-attr]
 
 
 def test_get_many_stage_and_version_use_get_secret_value(
@@ -107,9 +108,10 @@ def test_get_many_stage_and_version_use_get_secret_value(
     stub.add_response("get_secret_value", entry("c", "old"),
                       {"SecretId": "c", "VersionStage": "AWSPREVIOUS"})
     stub.add_response("get_secret_value", entry("d", "pinned"), {"SecretId": "d", "VersionId": VERSION})
-    results = source.get_many([*current("a", "b"), ("c", "AWSPREVIOUS", None), ("d", None, VERSION)])
-    assert results[("c", "AWSPREVIOUS", None)].value == "old"  # type: ignore[union-attr]
-    assert results[("d", None, VERSION)].value == "pinned"  # type: ignore[union-attr]
+    results = source.get_many([*current("a", "b"), FetchKey("c", "AWSPREVIOUS"),
+                               FetchKey("d", None, VERSION)])
+    assert results[FetchKey("c", "AWSPREVIOUS")].value == "old"  # type: ignore[union-attr]
+    assert results[FetchKey("d", None, VERSION)].value == "pinned"  # type: ignore[union-attr]
 
 
 def test_get_many_arn_ids_match_batch_entries(stub: Stubber, source: SecretsManagerSource) -> None:
@@ -118,8 +120,8 @@ def test_get_many_arn_ids_match_batch_entries(stub: Stubber, source: SecretsMana
                       {"SecretValues": [entry("a", "1"), entry("b", "2")], "Errors": []},
                       {"SecretIdList": [arn("a"), partial]})
     results = source.get_many(current(arn("a"), partial))
-    assert results[(arn("a"), None, None)].value == "1"  # type: ignore[union-attr]
-    assert results[(partial, None, None)].value == "2"  # type: ignore[union-attr]
+    assert results[FetchKey(arn("a"))].value == "1"  # type: ignore[union-attr]
+    assert results[FetchKey(partial)].value == "2"  # type: ignore[union-attr]
 
 
 def test_list_names_follows_every_page(stub: Stubber, source: SecretsManagerSource) -> None:
@@ -147,11 +149,11 @@ def test_get_many_batch_errors_become_per_secret_errors(
         ],
     }, {"SecretIdList": ["ok", "gone", "kms", "deny"]})
     results = source.get_many(current("ok", "gone", "kms", "deny"))
-    assert isinstance(results[("ok", None, None)], SecretVersion)
-    assert isinstance(results[("gone", None, None)], SecretNotFoundError)
-    assert isinstance(results[("kms", None, None)], AccessDeniedError)
-    assert "kms:Decrypt" in str(results[("kms", None, None)])
-    assert "secretsmanager:GetSecretValue" in str(results[("deny", None, None)])
+    assert isinstance(results[FetchKey("ok")], SecretVersion)
+    assert isinstance(results[FetchKey("gone")], SecretNotFoundError)
+    assert isinstance(results[FetchKey("kms")], AccessDeniedError)
+    assert "kms:Decrypt" in str(results[FetchKey("kms")])
+    assert "secretsmanager:GetSecretValue" in str(results[FetchKey("deny")])
 
 
 def test_get_many_throttled_entry_in_batch_errors_raises_transient(
@@ -220,7 +222,7 @@ def test_get_one_response_without_value_raises_transient(
 ) -> None:
     stub.add_response("get_secret_value", {"Name": "a", "VersionId": VERSION})
     with pytest.raises(TransientError, match="incomplete GetSecretValue response"):
-        source.get_one(("a", None, None))
+        source.get_one(FetchKey("a"))
 
 
 # -- error translation --------------------------------------------------------------------------
@@ -262,7 +264,7 @@ def test_translate_error_code_maps_to_class_and_exit_code(
 ) -> None:
     stub.add_client_error("get_secret_value", code, message, status)
     with pytest.raises(ZtrError) as caught:
-        source.get_one(("prod/db", None, None))
+        source.get_one(FetchKey("prod/db"))
     assert type(caught.value) is error or isinstance(caught.value, error)
     assert caught.value.exit_code == exit_code
     assert str(caught.value).startswith("prod/db")
@@ -341,7 +343,10 @@ def test_describe_empty_response_raises_transient(stub: Stubber, source: Secrets
 def test_current_version_finds_the_stage(stub: Stubber, source: SecretsManagerSource) -> None:
     stub.add_response("describe_secret", {"Name": "a", "VersionIdsToStages": {
         VERSION: ["AWSCURRENT"], "OLD" + VERSION[3:]: ["AWSPREVIOUS"]}})
-    assert source.current_version("a", "AWSCURRENT") == VERSION
+    info = source.describe("a")
+    assert info.version_for("AWSCURRENT") == VERSION
+    assert info.version_for("AWSPREVIOUS") == "OLD" + VERSION[3:]
+    assert info.version_for("AWSPENDING") is None
 
 
 def test_not_found_costs_no_list_call_until_explained(
@@ -349,7 +354,7 @@ def test_not_found_costs_no_list_call_until_explained(
 ) -> None:
     stub.add_client_error("get_secret_value", "ResourceNotFoundException", "nope", 400)
     with pytest.raises(SecretNotFoundError) as caught:
-        source.get_one(("prod/app/databse-password", None, None))
+        source.get_one(FetchKey("prod/app/databse-password"))
     stub.assert_no_pending_responses()  # no ListSecrets call so far
     stub.add_response("list_secrets", {"SecretList": [
         {"Name": "prod/app/database-password"}, {"Name": "prod/app/session-secret"}]},
@@ -365,7 +370,7 @@ def test_explain_missing_list_denied_still_gives_a_hint(
     stub.add_client_error("get_secret_value", "ResourceNotFoundException", "nope", 400)
     stub.add_client_error("list_secrets", "AccessDeniedException", "no", 400)
     with pytest.raises(SecretNotFoundError) as caught:
-        source.get_one(("prod/app/x", None, None))
+        source.get_one(FetchKey("prod/app/x"))
     explained = source.explain_missing(caught.value)
     assert str(explained) == "prod/app/x: not found in us-east-1: check the name and the environment prefix"
 

@@ -7,11 +7,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from sidecar.signals import SignalInbox
 from sidecar.supervisor import (
     TIMED_OUT,
     Exit,
@@ -97,9 +98,23 @@ def _env(**extra: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", os.defpath), **extra}
 
 
+_INBOXES: list[SignalInbox] = []
+
+
+@pytest.fixture(autouse=True)
+def _uninstall_inboxes() -> Iterator[None]:
+    yield
+    while _INBOXES:
+        inbox = _INBOXES.pop()
+        inbox.uninstall()
+        inbox.close()
+
+
 def _supervisor(script: str, env: dict[str, str], **kwargs: object) -> Supervisor:
     # No subreaper here: this process is pytest, and must not adopt other tests' orphans.
-    return Supervisor(["sh", "-c", script], env, subreaper=lambda: False,
+    inbox = SignalInbox().install()  # as cli.main does for the whole process
+    _INBOXES.append(inbox)
+    return Supervisor(["sh", "-c", script], env, inbox=inbox, subreaper=lambda: False,
                       **kwargs)  # type: ignore[arg-type]
 
 
@@ -124,7 +139,7 @@ def test_supervisor_child_exits_returns_its_code() -> None:
 
 
 def test_supervisor_command_missing_raises_127() -> None:
-    supervisor = Supervisor(["ztr-test-no-such-app"], _env(), grace_seconds=5,
+    supervisor = Supervisor(["ztr-test-no-such-app"], _env(), inbox=SignalInbox(), grace_seconds=5,
                             subreaper=lambda: False)
     with pytest.raises(SpawnError) as caught:
         supervisor.run()
@@ -207,9 +222,12 @@ def test_supervisor_child_ignoring_sigterm_killed_at_grace(tmp_path: Path) -> No
     assert 0.3 <= time.monotonic() - asked[0] < 3
 
 
-def test_supervisor_run_restores_signal_handlers() -> None:
+def test_signal_inbox_uninstall_restores_signal_handlers() -> None:
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGCHLD)}
-    _supervisor("exit 0", _env(), grace_seconds=5).run()
+    inbox = SignalInbox().install()
+    assert signal.getsignal(signal.SIGTERM) != before[signal.SIGTERM]
+    inbox.uninstall()
+    inbox.close()
     assert {signum: signal.getsignal(signum) for signum in before} == before
 
 

@@ -18,8 +18,10 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
-from .config import Config
-from .errors import UnavailableError
+from .. import logs
+from ..config import Config
+from ..errors import UnavailableError
+from ..signals import SignalInbox
 
 PREFIX = "production/zero-to-running/"
 SEEDED = ("database-password", "session-secret", "redis-password", "jwt-secret")
@@ -68,7 +70,11 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def run(config: Config, out: IO[str] | None = None) -> int:
+def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    return show(config)
+
+
+def show(config: Config, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     try:
         from moto.server import ThreadedMotoServer

@@ -8,19 +8,19 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import IO, Any
 
-from . import refs
-from .aws import caller_identity
-from .config import Config
-from .errors import (
+from .. import logs, refs
+from ..config import Config
+from ..errors import (
     AccessDeniedError,
     SecretNotFoundError,
     SecretValueError,
-    TransientError,
     UnavailableError,
     ZtrError,
 )
-from .loader import extract
-from .source import SecretsManagerSource, SecretVersion
+from ..loader import extract
+from ..signals import SignalInbox
+from ..source import SecretInfo, SecretSource, SecretVersion, caller_identity
+from ..startup import make_loader
 
 OK = "ok"
 
@@ -45,27 +45,12 @@ def _date(value: Any) -> str:
 
 
 def classify(error: ZtrError) -> str:
-    """A short result for a table cell."""
-    text = str(error)
-    if isinstance(error, SecretNotFoundError):
-        return "scheduled for deletion" if "scheduled for deletion" in text else "not found"
-    if isinstance(error, AccessDeniedError):
-        return "KMS denied" if "KMS" in text else "access denied"
-    if isinstance(error, SecretValueError):
-        if "not UTF-8" in text:
-            return "not UTF-8"
-        if "no JSON key" in text:
-            return "bad JSON key"
-        if "not a JSON object" in text:
-            return "not JSON"
-        return "bad value"
-    if isinstance(error, UnavailableError):
-        return "unreachable"
-    return "error"
+    """A short result for a table cell: the error's type decides it."""
+    return error.label
 
 
 def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None,
-         source: SecretsManagerSource) -> Row:
+         source: SecretSource) -> Row:
     label = binding.name + "*" if binding.is_wildcard else binding.name
     row = Row(label, binding.ref.secret_id, not binding.ref.optional, OK)
     if isinstance(outcome, SecretVersion):
@@ -84,10 +69,12 @@ def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None,
     return row
 
 
-def run(config: Config, out: IO[str] | None = None) -> int:
-    """Check every declared secret, print a table or JSON, return init's exit code."""
-    from .commands import make_loader
+def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    return report(config)
 
+
+def report(config: Config, out: IO[str] | None = None) -> int:
+    """Check every declared secret, print a table or JSON, return init's exit code."""
     out = out or sys.stdout
     if not config.enabled:
         print(f"AWS Secrets Manager disabled ({config.disabled_reason}): nothing to check", file=out)
@@ -96,15 +83,15 @@ def run(config: Config, out: IO[str] | None = None) -> int:
     identity = caller_identity(config.region, config.timeout_seconds)
     try:
         bindings, results = loader.load_all()
-    except (TransientError, UnavailableError, AccessDeniedError, SecretNotFoundError) as exc:
+    except (UnavailableError, AccessDeniedError, SecretNotFoundError) as exc:
         # The listing or the whole call failed: one row says why.
         bindings, results = (), {}
         rows = [Row("*", config.prefix or "(all)", True, classify(exc), exc.exit_code, str(exc))]
     else:
         rows = [_row(b, results.get(b.ref.fetch_key), loader.source) for b in bindings]
-    described: dict[str, dict[str, Any] | None] = {}  # one DescribeSecret per secret
+    described: dict[str, SecretInfo | None] = {}  # one DescribeSecret per secret
     for row, binding in zip(rows, bindings, strict=False):
-        if row.result in (OK, "bad JSON key", "not JSON", "not UTF-8", "bad value"):
+        if row.result == OK or row.exit_code == SecretValueError.exit_code:
             secret_id = binding.ref.secret_id
             if secret_id not in described:
                 described[secret_id] = _describe(loader.source, secret_id)
@@ -123,20 +110,20 @@ def run(config: Config, out: IO[str] | None = None) -> int:
     return failing[0].exit_code if failing else 0
 
 
-def _describe(source: SecretsManagerSource, secret_id: str) -> dict[str, Any] | None:
+def _describe(source: SecretSource, secret_id: str) -> SecretInfo | None:
     try:
         return source.describe(secret_id)
     except ZtrError:
         return None  # DescribeSecret is optional for check: init never needs it
 
 
-def _add_rotation(info: dict[str, Any] | None, row: Row) -> None:
+def _add_rotation(info: SecretInfo | None, row: Row) -> None:
     if info is None:
         return
-    row.last_changed = _date(info.get("LastChangedDate"))
-    row.last_rotated = _date(info.get("LastRotatedDate"))
-    row.rotation_enabled = bool(info.get("RotationEnabled", False))
-    row.next_rotation = _date(info.get("NextRotationDate"))
+    row.last_changed = _date(info.last_changed)
+    row.last_rotated = _date(info.last_rotated)
+    row.rotation_enabled = info.rotation_enabled
+    row.next_rotation = _date(info.next_rotation)
 
 
 def _print_table(report: dict[str, Any], rows: list[Row], out: IO[str]) -> None:

@@ -9,9 +9,12 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import IO
 
-from .config import Config
-from .source import plan_fetch
-from .watcher import JITTER_LOW
+from .. import logs
+from ..config import Config
+from ..refs import FetchKey
+from ..signals import SignalInbox
+from ..source import plan_fetch
+from ..watcher import JITTER_LOW
 
 # Per account and region (FACTS: Secrets Manager quotas).
 QUOTAS_TPS = {
@@ -49,7 +52,7 @@ class Plan:
 
 def startup_calls(secrets: int) -> dict[str, int]:
     """Calls one pod makes to load ``secrets`` AWSCURRENT secrets (the loader's own plan)."""
-    keys = [(f"s{i}", None, None) for i in range(secrets)]
+    keys = [FetchKey(f"s{i}") for i in range(secrets)]
     chunks, single = plan_fetch(keys)
     calls = {"BatchGetSecretValue": len(chunks), "GetSecretValue": len(single)}
     return {op: n for op, n in calls.items() if n}
@@ -92,7 +95,11 @@ def render(plan: Plan) -> str:
             f"${PRICE_PER_SECRET_MONTH:.2f}, shared by the fleet)")
 
 
-def run(config: Config, out: IO[str] | None = None) -> int:
+def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    return report(config)
+
+
+def report(config: Config, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     plan = make_plan(config.pods, config.secrets_per_pod, config.refresh_interval_seconds)
     if config.report_format == "json":

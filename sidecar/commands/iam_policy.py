@@ -6,10 +6,12 @@ import json
 import sys
 from typing import IO, Any
 
-from .aws import caller_identity
-from .config import Config
-from .errors import ZtrError
-from .source import arn_pattern, plan_fetch
+from .. import logs
+from ..config import Config
+from ..errors import ZtrError
+from ..signals import SignalInbox
+from ..source import arn, arn_pattern, caller_identity, plan_fetch
+from ..startup import make_loader
 
 AWS_MANAGED_KEY = "alias/aws/secretsmanager"
 
@@ -57,12 +59,14 @@ def _key_arn(key_id: str, region: str, account: str | None) -> str | None:
         return key_id
     if key_id == AWS_MANAGED_KEY or key_id.startswith("alias/"):
         return None  # the AWS managed key needs no grant; an alias cannot be a Resource
-    return f"arn:aws:kms:{region}:{account or '*'}:key/{key_id}"
+    return arn("kms", region, account, f"key/{key_id}")
 
 
-def run(config: Config, out: IO[str] | None = None) -> int:
-    from .commands import make_loader
+def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    return report(config)
 
+
+def report(config: Config, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     loader = make_loader(config)
     identity = caller_identity(config.region, config.timeout_seconds)
@@ -77,14 +81,13 @@ def run(config: Config, out: IO[str] | None = None) -> int:
             # Not allowed to describe (or not created yet): the name with the ARN's random suffix.
             arns.append(arn_pattern(secret_id, config.region, account))
             continue
-        arns.append(str(info["ARN"]))
-        key_id = str(info.get("KmsKeyId") or "")
-        key = _key_arn(key_id, config.region, account) if key_id else None
+        arns.append(info.arn)
+        key = _key_arn(info.kms_key_id, config.region, account) if info.kms_key_id else None
         if key:
             kms_keys.append(key)
     prefix_arn = None
     if config.prefix:
-        prefix_arn = f"arn:aws:secretsmanager:{config.region}:{account or '*'}:secret:{config.prefix}*"
+        prefix_arn = arn("secretsmanager", config.region, account, f"secret:{config.prefix}*")
     keys = [b.ref.fetch_key for b in bindings]
     chunks, _ = plan_fetch(keys)
     # A prefix adds secrets at AWSCURRENT: with declared ones, or with several matches, batch is used.

@@ -1,0 +1,62 @@
+"""``ztr watch``: write the secrets, keep them current, serve metrics and health."""
+
+from __future__ import annotations
+
+import time
+
+from .. import logs
+from ..config import Config
+from ..errors import EXIT_SOFTWARE
+from ..metrics import Metrics
+from ..reactor import Notifier, Reactor
+from ..runtime import Runtime
+from ..signals import STOPPING, SignalInbox, name
+from ..startup import check_pending_stop, first_load, log_disabled, make_loader, make_writers, write_all
+from ..supervisor import forbid_core_dumps
+
+
+def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    forbid_core_dumps()  # no core file, and no /proc reader of the same user, gets the values
+    metrics = Metrics()
+    runtime = Runtime(metrics, redactor, inbox, timeout_seconds=config.timeout_seconds)
+    try:
+        if not config.enabled:
+            log_disabled(config.disabled_reason)
+            runtime.start_endpoints(config.metrics_addr, always_ready=True)
+            return _serve(runtime, inbox)
+        writers = make_writers(config)
+        loader = make_loader(config, record=metrics.record_call, stop=runtime.stop)
+        runtime.start_endpoints(config.metrics_addr)
+        started = time.monotonic()
+        snapshot = first_load(loader, redactor, inbox, runtime.stop)
+        runtime.on_loaded(snapshot, time.monotonic() - started)
+        write_all(writers, snapshot.values)
+        check_pending_stop(inbox, runtime.stop)
+        notifier = Notifier(signum=config.notify_signal, pid_file=config.notify_pid_file,
+                            command=config.notify_command, timeout_seconds=config.timeout_seconds,
+                            metrics=metrics)
+        reactor = Reactor(notifier, debounce_seconds=config.debounce_seconds)
+        runtime.start_watcher(loader, snapshot, writers, interval_seconds=config.refresh_interval_seconds,
+                              max_stale_seconds=config.max_stale_seconds, reactor=reactor)
+        runtime.outputs_written = True
+        logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
+                  refresh_interval_seconds=config.refresh_interval_seconds)
+        return _serve(runtime, inbox)
+    finally:
+        runtime.shutdown()
+
+
+def _serve(runtime: Runtime, inbox: SignalInbox) -> int:
+    """Until SIGTERM/SIGINT: 0. If the refresh loop ever ends, /healthz already fails; exit
+    non-zero so the orchestrator replaces a process that would serve stale values forever."""
+    while True:
+        for signum in inbox.wait(None):
+            if signum in STOPPING:
+                logs.info("Stopping", signal=name(signum))
+                return 0
+        if runtime.watcher_died:
+            logs.error("The refresh loop stopped: exiting so the orchestrator replaces ztr",
+                       exit_code=EXIT_SOFTWARE)
+            return EXIT_SOFTWARE
+
+
