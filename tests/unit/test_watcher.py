@@ -1,0 +1,358 @@
+"""The refresh loop, driven by a fake clock and a fake Secrets Manager: backoff, staleness,
+per-secret failures, vanishing secrets, hints, and cycles that never raise."""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from sidecar import refs
+from sidecar.errors import (
+    EXIT_SOFTWARE,
+    AccessDeniedError,
+    DeletedSecretError,
+    SecretNotFoundError,
+    TransientError,
+)
+from sidecar.loader import Loader, Snapshot
+from sidecar.reactor import Reactor
+from sidecar.retry import RetryPolicy
+from sidecar.watcher import FAILURE_BACKOFF_SECONDS, JITTER_LOW, Outcome, UpdateHook, Watcher
+from tests.fakes import FakeClock, FakeSecretsManager
+
+INTERVAL = 60.0
+MAX_STALE = 300.0
+
+
+def make_watcher(fake: FakeSecretsManager, entries: Sequence[str], *,
+                 on_update: UpdateHook | None = None, reactor: Reactor | None = None,
+                 outcomes: list[Outcome] | None = None) -> Watcher:
+    clock = fake.clock
+    # Backoffs between retries wait on the clock's event: they move the fake clock, never sleep.
+    retry = RetryPolicy(initial_seconds=0.5, max_backoff_seconds=4.0, stop=clock.event(), clock=clock)
+    loader = Loader(fake, retry, bindings=[refs.parse_binding(e, "--secret") for e in entries],
+                    prefix=None, timeout_seconds=30.0, clock=clock)
+    sink = outcomes if outcomes is not None else []
+    return Watcher(loader, loader.load(), interval_seconds=INTERVAL, max_stale_seconds=MAX_STALE,
+                   reactor=reactor, on_update=on_update, on_cycle=sink.append,
+                   clock=clock, rng=random.Random(1))
+
+
+@pytest.fixture
+def fake() -> FakeSecretsManager:
+    fake = FakeSecretsManager(clock=FakeClock())
+    fake.create("app/a", "alpha-1")
+    fake.create("app/b", "bravo-1")
+    return fake
+
+
+# -- the loop itself, one turn at a time ---------------------------------------------------
+
+
+class LoopStepper(Reactor):
+    """Lets a test drive ``Watcher.run`` one turn at a time.
+
+    The loop reads ``reactor.due_at`` once per turn, after it has scheduled its next check and
+    just before it waits. There, in the loop's own thread, the stepper reports that the turn is
+    over, runs the test's next step (move the clock, hint) and wakes the loop, so its wait returns
+    at once. The clock only moves between turns and nothing sleeps.
+    """
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._steps: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._idle: queue.Queue[bool] = queue.Queue()
+        self.watcher: Watcher | None = None
+        super().__init__(lambda snapshot, changed: None, debounce_seconds=0.0, clock=clock)
+
+    @property
+    def due_at(self) -> float | None:
+        assert self.watcher is not None
+        self._idle.put(True)
+        self._steps.get(timeout=10)()
+        self.watcher.hint(())  # an empty hint: wake up, check nothing unless a check is due
+        return None
+
+    @due_at.setter
+    def due_at(self, value: float | None) -> None:
+        pass  # Reactor.__init__ sets it; this probe never schedules anything
+
+    def notice(self, changed: Sequence[str]) -> None:
+        pass
+
+    def run_due(self, snapshot: Snapshot) -> None:
+        pass
+
+    def step(self, action: Callable[[], object]) -> None:
+        """Run ``action`` at the top of the loop, then let one turn happen and wait for it."""
+        self._steps.put(action)
+        self.wait_idle()
+
+    def wait_idle(self) -> None:
+        """Until the loop has finished a turn and scheduled its next check."""
+        self._idle.get(timeout=10)
+
+    def finish(self) -> None:
+        assert self.watcher is not None
+        self._steps.put(self.watcher.shutdown)
+
+
+@contextmanager
+def running(watcher: Watcher, stepper: LoopStepper) -> Iterator[LoopStepper]:
+    stepper.watcher = watcher
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    stepper.wait_idle()  # the loop has scheduled its first check
+    try:
+        yield stepper
+    finally:
+        stepper.finish()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_watcher_failed_cycles_back_off_doubling_up_to_the_interval(fake: FakeSecretsManager) -> None:
+    clock = fake.clock
+    outcomes: list[Outcome] = []
+    stepper = LoopStepper(clock)
+    watcher = make_watcher(fake, ["A=app/a"], reactor=stepper, outcomes=outcomes)
+    fake.fail("app/a", AccessDeniedError("app/a: access denied"))
+
+    def next_cycle_within(nominal: float) -> None:
+        """The next scheduled cycle comes no sooner than JITTER_LOW x nominal, and by nominal."""
+        start, seen = clock(), len(outcomes)
+        stepper.step(lambda: clock.advance_to(start + JITTER_LOW * nominal - 0.01))
+        assert len(outcomes) == seen, f"a cycle came before {JITTER_LOW} x {nominal}s"
+        stepper.step(lambda: clock.advance_to(start + nominal))
+        assert len(outcomes) == seen + 1, f"no cycle within {nominal}s"
+
+    with running(watcher, stepper):
+        next_cycle_within(INTERVAL)
+        assert watcher.failures == 1
+        # 5 s, doubling per failed cycle, capped at the interval.
+        for failures in range(1, 7):
+            nominal = min(INTERVAL, FAILURE_BACKOFF_SECONDS * 2 ** (failures - 1))
+            next_cycle_within(nominal)
+            assert watcher.failures == failures + 1
+        fake.heal()
+        next_cycle_within(INTERVAL)
+        assert outcomes[-1].ok
+        assert watcher.failures == 0
+        next_cycle_within(INTERVAL)  # back to the plain interval after a success
+    assert [o.ok for o in outcomes] == [False] * 7 + [True, True]
+
+
+def test_watcher_hint_checks_only_the_named_secrets_at_once(fake: FakeSecretsManager) -> None:
+    stepper = LoopStepper(fake.clock)
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"], reactor=stepper)
+    fake.put("app/a", "alpha-2")
+    fake.put("app/b", "bravo-2")
+    with running(watcher, stepper):
+        stepper.step(lambda: watcher.hint(["app/a"]))
+        assert fake.count("DescribeSecret", "app/a") == 1
+        assert fake.count("DescribeSecret", "app/b") == 0
+        assert watcher.snapshot.values == {"A": "alpha-2", "B": "bravo-1"}
+
+
+# -- one cycle at a time ---------------------------------------------------------------------
+
+
+def test_watcher_cycle_new_version_is_applied_and_reported(fake: FakeSecretsManager) -> None:
+    updates: list[list[str]] = []
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"],
+                           on_update=lambda snapshot, changed: updates.append(changed))
+    new_id = fake.put("app/a", "alpha-2")
+    outcome = watcher.cycle()
+    assert outcome.ok
+    assert outcome.changed == ["A"]
+    assert outcome.versions["A"] == new_id
+    assert watcher.snapshot.values == {"A": "alpha-2", "B": "bravo-1"}
+    assert updates == [["A"]]
+
+
+def test_watcher_cycle_same_content_new_version_updates_ids_without_change(
+        fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    before = watcher.snapshot.ids["A"]
+    new_id = fake.put("app/a", "alpha-1")
+    outcome = watcher.cycle()
+    assert outcome.ok
+    assert outcome.changed == []
+    assert new_id != before
+    assert watcher.snapshot.ids["A"] == new_id
+    assert outcome.versions["A"] == new_id
+
+
+def test_watcher_cycle_pending_version_waits_for_promotion(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    pending = fake.stage_pending("app/a", "alpha-2")
+    loads = fake.count("GetSecretValue", "app/a")
+    assert watcher.cycle().changed == []
+    assert fake.count("GetSecretValue", "app/a") == loads  # AWSCURRENT did not move: no fetch
+    fake.promote("app/a", pending)
+    assert watcher.cycle().changed == ["A"]
+    assert watcher.snapshot.values["A"] == "alpha-2"
+
+
+def test_watcher_cycle_stage_pinned_follows_that_label(fake: FakeSecretsManager) -> None:
+    fake.put("app/a", "alpha-2")  # AWSPREVIOUS exists from the second version on
+    watcher = make_watcher(fake, ["OLD=app/a?stage=AWSPREVIOUS", "NEW=app/a"])
+    assert watcher.snapshot.values == {"OLD": "alpha-1", "NEW": "alpha-2"}
+    fake.put("app/a", "alpha-3")
+    outcome = watcher.cycle()
+    assert outcome.changed == ["NEW", "OLD"]
+    assert watcher.snapshot.values == {"OLD": "alpha-2", "NEW": "alpha-3"}
+
+
+def test_watcher_cycle_transient_errors_are_retried_on_the_fake_clock(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    fake.fail("app/a", TransientError("app/a: throttled", throttled=True), times=2)
+    fake.put("app/a", "alpha-2")
+    before = fake.clock()
+    outcome = watcher.cycle()
+    assert outcome.ok
+    assert outcome.changed == ["A"]
+    assert fake.count("DescribeSecret", "app/a") == 3
+    assert fake.clock() > before  # the backoffs passed on the fake clock, not on the wall
+
+
+def test_watcher_cycle_transient_until_deadline_keeps_value_and_counts(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    fake.fail("app/a", TransientError("app/a: throttled", throttled=True))
+    outcome = watcher.cycle()
+    assert not outcome.ok
+    assert list(outcome.failed) == ["app/a"]
+    assert outcome.exit_code == 69
+    assert watcher.failures == 1
+    assert watcher.snapshot.values == {"A": "alpha-1"}
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["deleted", "scheduled-for-deletion"])
+def test_watcher_required_secret_gone_keeps_value_while_other_change_applies(
+        fake: FakeSecretsManager, force: bool) -> None:
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"])
+    fake.delete("app/a", force=force)
+    fake.put("app/b", "bravo-2")
+    outcome = watcher.cycle()
+    assert not outcome.ok
+    assert outcome.changed == ["B"]
+    assert list(outcome.failed) == ["app/a"]
+    assert outcome.exit_code == SecretNotFoundError.exit_code
+    assert watcher.failures == 1
+    assert watcher.snapshot.values == {"A": "alpha-1", "B": "bravo-2"}
+
+
+def test_watcher_scheduled_deletion_restored_recovers(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    fake.delete("app/a")
+    failed = watcher.cycle()
+    assert DeletedSecretError.label in failed.failed["app/a"]  # "scheduled for deletion"
+    fake.restore("app/a")
+    assert watcher.cycle().ok
+    assert watcher.failures == 0
+
+
+def test_watcher_optional_secret_gone_drops_its_variable(fake: FakeSecretsManager) -> None:
+    updates: list[Snapshot] = []
+    watcher = make_watcher(fake, ["A=app/a?optional", "B=app/b"],
+                           on_update=lambda snapshot, changed: updates.append(snapshot))
+    fake.delete("app/a", force=True)
+    outcome = watcher.cycle()
+    assert outcome.ok
+    assert outcome.changed == ["A"]
+    assert watcher.snapshot.values == {"B": "bravo-1"}
+    assert updates[-1].values == {"B": "bravo-1"}
+
+
+def test_watcher_secret_failing_past_max_stale_is_stale_alone(fake: FakeSecretsManager) -> None:
+    clock = fake.clock
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"])
+    fake.fail("app/a", AccessDeniedError("app/a: access denied"))
+    start = clock()
+    for at in (100.0, 200.0, 300.0):
+        clock.advance_to(start + at)
+        watcher.cycle()
+        assert not watcher.stale  # exactly max_stale old is not yet stale
+    clock.advance_to(start + MAX_STALE + 1)
+    assert watcher.stale
+    assert watcher.stale_secrets() == ["app/a"]
+    fake.heal()
+    watcher.cycle()
+    assert not watcher.stale
+    assert watcher.stale_secrets() == []
+
+
+def test_watcher_no_cycle_for_longer_than_max_stale_makes_all_stale(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"])
+    fake.clock.advance(MAX_STALE + 1)
+    assert watcher.stale_secrets() == ["app/a", "app/b"]
+
+
+@pytest.mark.parametrize("error", [RecursionError("deep"), OSError(5, "Input/output error"),
+                                   ValueError("hunter2"), KeyError("x")],
+                         ids=lambda e: type(e).__name__)
+def test_watcher_cycle_source_exception_is_counted_not_raised(
+        fake: FakeSecretsManager, error: Exception) -> None:
+    watcher = make_watcher(fake, ["A=app/a"])
+    before = watcher.snapshot
+    fake.fail_call("DescribeSecret", error)
+    outcome = watcher.cycle()
+    assert not outcome.ok
+    assert outcome.exit_code == EXIT_SOFTWARE
+    assert outcome.error is not None
+    assert outcome.error.startswith(f"internal error: {type(error).__name__}")
+    assert "hunter2" not in outcome.error  # another exception's text may quote a value
+    assert watcher.failures == 1
+    assert watcher.snapshot is before
+    assert watcher.cycle().ok  # and the next cycle works
+
+
+@pytest.mark.parametrize("error", [RecursionError("deep"), OSError(28, "No space left on device")],
+                         ids=lambda e: type(e).__name__)
+def test_watcher_cycle_on_update_exception_keeps_snapshot_and_retries_change(
+        fake: FakeSecretsManager, error: Exception) -> None:
+    calls: list[list[str]] = []
+
+    def on_update(snapshot: Snapshot, changed: list[str]) -> None:
+        calls.append(changed)
+        if len(calls) == 1:
+            raise error
+
+    watcher = make_watcher(fake, ["A=app/a"], on_update=on_update)
+    fake.put("app/a", "alpha-2")
+    failed = watcher.cycle()
+    assert not failed.ok
+    assert watcher.failures == 1
+    assert watcher.snapshot.values == {"A": "alpha-1"}
+    retried = watcher.cycle()  # the change is seen again, so the failed write is retried
+    assert retried.ok
+    assert retried.changed == ["A"]
+    assert calls == [["A"], ["A"]]
+    assert watcher.snapshot.values == {"A": "alpha-2"}
+
+
+def test_watcher_hinted_cycle_describes_only_named_secrets(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"])
+    fake.put("app/b", "bravo-2")
+    outcome = watcher.cycle(only=["app/a"])
+    assert outcome.ok
+    assert outcome.changed == []
+    assert fake.count("DescribeSecret", "app/a") == 1
+    assert fake.count("DescribeSecret", "app/b") == 0
+    assert watcher.cycle().changed == ["B"]
+
+
+def test_watcher_hinted_cycle_success_does_not_reset_failures(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"])
+    fake.fail("app/b", AccessDeniedError("app/b: access denied"))
+    watcher.cycle()
+    assert watcher.failures == 1
+    assert watcher.cycle(only=["app/a"]).ok
+    assert watcher.failures == 1  # app/b was not checked: it may still be failing
+    fake.heal()
+    assert watcher.cycle().ok
+    assert watcher.failures == 0
