@@ -6,12 +6,13 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import OutputError, SecretValueError
 
 MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
 
@@ -25,17 +26,72 @@ def render_shell(values: Mapping[str, str]) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
+# What python-dotenv expands when it interpolates (its default): ``${NAME}`` and
+# ``${NAME:-default}``, in every value, quoted or not (python-dotenv 1.x resolves variables after
+# parsing, so quoting cannot protect a value from it).
+_PYTHON_DOTENV_REFERENCE = re.compile(r"\$\{[^}:]*(?::-[^}]*)?\}")
+# Characters trimmed from the ends of an unquoted value by either reader: JavaScript's trim() and
+# Python's str.isspace() (the union of both, so no reader strips a character we kept).
+_TRIMMED = frozenset("\t\n\v\f\r \x1c\x1d\x1e\x1f\x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff"
+                     + "".join(chr(c) for c in range(0x2000, 0x200B)))
+# A backslash in double quotes followed by one of these is decoded by python-dotenv ("\\t" is a
+# tab) and not by Node's dotenv, which only turns "\\n" and "\\r" into line breaks.
+_DECODED_AFTER_BACKSLASH = frozenset("\\'\"abfnrtv\r")
+_QUOTES = frozenset("'\"`")
+# Node's dotenv strips a pair of quotes around any "line" of a value (a multiline regex), and
+# JavaScript counts U+2028 and U+2029 as line breaks: a one-line unquoted value must not hold
+# such a quoted line after one of them.
+_NODE_STRIPS_QUOTES = re.compile("(?:^|(?<=[\u2028\u2029]))(['\"`]).*\\1(?=\\Z|[\u2028\u2029])",
+                                 re.DOTALL)
+
+
+def quote_dotenv(value: str) -> str | None:
+    """The value as a dotenv token that Node's dotenv (16-18, both parsers) and python-dotenv
+    (with and without interpolation) all read back exactly, or None if there is none.
+
+    In order of preference:
+    - ``'...'`` (literal in both; may span lines): no ``'``, no CR (both readers turn a raw CR
+      into LF), no ``\\\\`` (python-dotenv decodes it) and no trailing backslash.
+    - ``"..."`` with CR written as ``\\r`` (both decode it; LF stays literal): no ``"`` (Node's
+      dotenv keeps ``\\"`` as written) and every backslash followed by a character that neither
+      reader decodes after it.
+    - unquoted (one line, literal in both): no ``#``, no CR or LF, no quote at the start, no
+      quoted line after U+2028/U+2029, and no character either reader trims at either end.
+    A ``${...}`` reference is never carried: python-dotenv's default interpolation expands it in
+    any quoting.
+    """
+    if _PYTHON_DOTENV_REFERENCE.search(value):
+        return None
+    if "'" not in value and "\r" not in value and "\\\\" not in value and not value.endswith("\\"):
+        return f"'{value}'"
+    if '"' not in value and all(
+        index + 1 < len(value) and value[index + 1] not in _DECODED_AFTER_BACKSLASH
+        for index, char in enumerate(value) if char == "\\"
+    ):
+        return '"' + value.replace("\r", "\\r") + '"'
+    if (value and "#" not in value and "\n" not in value and "\r" not in value
+            and value[0] not in _QUOTES and not _NODE_STRIPS_QUOTES.search(value)
+            and value[0] not in _TRIMMED and value[-1] not in _TRIMMED):
+        return value
+    return None
+
+
 def render_dotenv(values: Mapping[str, str]) -> bytes:
-    """Double-quoted dotenv: backslash, quote, CR and LF escaped (python-dotenv decodes these;
-    Node's dotenv and docker compose read the same lines)."""
+    """``NAME=token`` lines, each value quoted by ``quote_dotenv``.
 
-    def quote(value: str) -> str:
-        escaped = (
-            value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-        )
-        return f'"{escaped}"'
-
-    return "".join(f"{name}={quote(value)}\n" for name, value in sorted(values.items())).encode("utf-8")
+    Raises SecretValueError (65) naming the first variable no dotenv quoting carries.
+    """
+    lines = []
+    for name, value in sorted(values.items()):
+        token = quote_dotenv(value)
+        if token is None:
+            raise SecretValueError(
+                f"{name}: --format dotenv cannot hold this value so that Node's dotenv and "
+                "python-dotenv both read it back exactly; use --format shell or json, or "
+                "--output-dir (one file per variable), which carry any value"
+            )
+        lines.append(f"{name}={token}\n")
+    return "".join(lines).encode("utf-8")
 
 
 def render_json(values: Mapping[str, str]) -> bytes:

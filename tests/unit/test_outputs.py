@@ -12,12 +12,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from dotenv import dotenv_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.errors import OutputError
-from sidecar.outputs import DirectoryWriter, EnvFileWriter, filesystem_type, render_shell
+from sidecar.errors import OutputError, SecretValueError
+from sidecar.outputs import (
+    DirectoryWriter,
+    EnvFileWriter,
+    filesystem_type,
+    quote_dotenv,
+    render_shell,
+)
 
 # Any text an environment variable can hold: every code point but NUL (and lone surrogates,
 # which are not text). Names get a prefix so no shell special variable (PATH, IFS) is hit.
@@ -54,14 +59,6 @@ def test_shell_format_sourced_by_sh_gives_back_exact_bytes(shm: Path, values: di
 
 @given(values=ENV_VALUES)
 @EXAMPLES
-def test_dotenv_format_read_by_python_dotenv_gives_back_values(shm: Path, values: dict[str, str]) -> None:
-    path = shm / "app.env"
-    EnvFileWriter(str(path), "dotenv").write(values)
-    assert dotenv_values(path, interpolate=False) == values
-
-
-@given(values=ENV_VALUES)
-@EXAMPLES
 def test_json_format_loads_back_values(shm: Path, values: dict[str, str]) -> None:
     path = shm / "env.json"
     EnvFileWriter(str(path), "json").write(values)
@@ -81,12 +78,43 @@ def test_shell_format_quotes_every_value() -> None:
     assert render_shell({"B": "it's", "A": "$x"}) == b"export A='$x'\nexport B='it'\\''s'\n"
 
 
-def test_dotenv_interpolation_expands_dollar_braces(shm: Path) -> None:
-    """Documented: python-dotenv's default interpolate=True expands ${...}; read with False."""
-    path = shm / "app.env"
-    EnvFileWriter(str(path), "dotenv").write({"A": "pa${HOME}ss"})
-    assert dotenv_values(path, interpolate=False)["A"] == "pa${HOME}ss"
-    assert dotenv_values(path, interpolate=True)["A"] != "pa${HOME}ss"
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [
+        ("plain", "'plain'"),
+        ("", "''"),
+        ("two\nlines $HOME #x", "'two\nlines $HOME #x'"),
+        ("C:\\dir\\file", "'C:\\dir\\file'"),
+        ("it's", '"it\'s"'),
+        ("it's\r\n", '"it\'s\\r\n"'),
+        ("it's C:\\dir", '"it\'s C:\\dir"'),
+        ('{"a": "it\'s"}', '{"a": "it\'s"}'),
+        ("it's\\\\", "it's\\\\"),
+        ('say "hi"', "'say \"hi\"'"),
+    ],
+    ids=["plain", "empty", "multiline", "backslashes", "apostrophe", "cr-escaped",
+         "apostrophe-backslash", "json-bare", "apostrophe-double-backslash-bare", "double-quotes"],
+)
+def test_dotenv_quote_prefers_single_then_double_then_bare(value: str, token: str) -> None:
+    assert quote_dotenv(value) == token
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["${HOME}", "pa${X:-y}ss", "it's \"q\" #", "'\"\n", "it's\\\\ ", " it's \"q\"", "it's\\t\"#",
+     "'starts-with-quote\""],
+)
+def test_dotenv_quote_uncarried_value_is_none(value: str) -> None:
+    assert quote_dotenv(value) is None
+
+
+def test_dotenv_format_refuses_with_65_naming_variable_not_value(shm: Path) -> None:
+    with pytest.raises(SecretValueError) as caught:
+        EnvFileWriter(str(shm / "app.env"), "dotenv").write({"A": "1", "DB_PASSWORD": "x${SECRET}y"})
+    assert caught.value.exit_code == 65
+    assert str(caught.value).startswith("DB_PASSWORD: --format dotenv cannot")
+    assert "x${SECRET}y" not in str(caught.value)
+    assert not (shm / "app.env").exists()
 
 
 # -- file mode, owner ------------------------------------------------------------------------
