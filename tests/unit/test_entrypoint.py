@@ -1,4 +1,5 @@
-"""The image's entrypoint.sh (dispatch, wait-and-source, exec) and the lint of it and the Dockerfile."""
+"""The image's entrypoint.sh (dispatch, wait-and-source, exec) and the lint of it and the Dockerfile.
+Every behaviour test runs the script under dash and under bash in POSIX mode."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ SUBCOMMANDS = ("init", "watch", "run", "check", "iam-policy", "demo", "plan")
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_NOPERM = 77
+EX_NOT_FOUND = 127
+SHELLS = {"dash": ["dash"], "bash": ["bash", "--posix"]}
+APP_USER = (65534, 65534)  # nobody: the app as a user other than ztr's
 
 # Stand-ins for the console scripts: print which one ran, its PID and its argv, one per line.
 FAKE = '#!/bin/sh\nprintf "%s\\n" "{name}" "$$" "$@"\n'
@@ -55,16 +59,50 @@ def _environ(fake_bin: Path, **extra: str) -> dict[str, str]:
     return {"PATH": f"{fake_bin}:/usr/bin:/bin", "LC_ALL": "C", **extra}
 
 
-def _start(args: list[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([str(ENTRYPOINT), *args], env=dict(env), stdout=subprocess.PIPE,
+_shell: list[str] = SHELLS["dash"]
+
+
+@pytest.fixture(autouse=True, params=sorted(SHELLS))
+def shell(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which shell runs entrypoint.sh in this test (its #!/bin/sh may be either)."""
+    global _shell
+    if shutil.which(SHELLS[request.param][0]) is None:
+        pytest.skip(f"{request.param} is not installed")
+    _shell = SHELLS[request.param]
+    yield request.param
+    _shell = SHELLS["dash"]
+
+
+def _entrypoint(*prefix: str) -> list[str]:
+    """The command line running entrypoint.sh with this test's shell, after ``prefix``."""
+    return [*prefix, *_shell, str(ENTRYPOINT)]
+
+
+def _start(args: list[str], env: Mapping[str, str], *, prefix: tuple[str, ...] = ()
+           ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*_entrypoint(*prefix), *args], env=dict(env), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
 
-def _run(args: list[str], env: Mapping[str, str], timeout: float = 20) -> tuple[int, int, str, str]:
+def _run(args: list[str], env: Mapping[str, str], timeout: float = 20, *,
+         prefix: tuple[str, ...] = ()) -> tuple[int, int, str, str]:
     """(exit code, pid of the entrypoint process, stdout, stderr)."""
-    proc = _start(args, env)
+    proc = _start(args, env, prefix=prefix)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, proc.pid, out.decode(), err.decode()
+
+
+def _as_app_user() -> tuple[str, ...]:
+    """A prefix running the entrypoint as APP_USER; skips unless root with setpriv."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv (util-linux) to run the entrypoint as another user")
+    return ("setpriv", f"--reuid={APP_USER[0]}", f"--regid={APP_USER[1]}", "--clear-groups")
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1, err
+    assert err.startswith("entrypoint: "), err
+    return err
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -186,16 +224,20 @@ def test_wait_and_source_timeout_exits_69_with_one_line(fake_bin: Path, tmp_path
     assert not (tmp_path / "ran").exists()
 
 
-@pytest.mark.parametrize("raw", ["abc", "5ms", "-1", "1.5", "s", "10x"])
+@pytest.mark.parametrize("raw", ["abc", "-1", "s", "10x", "1e10", "99999999999999999999",
+                                 "1.", ".5", "5 s", "5S", "0x10", "1h1m", "+5", "1,5", "8761h",
+                                 "1000000000s", "9" * 400 + "h", "5\ts"])
 def test_wait_and_source_bad_timeout_exits_64(fake_bin: Path, tmp_path: Path, raw: str) -> None:
+    ran = tmp_path / "ran"
     env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(tmp_path / "env"), ZTR_WAIT_TIMEOUT=raw)
-    code, _, _, err = _run(["true"], env)
+    code, _, _, err = _run(["touch", str(ran)], env)
     assert code == EX_USAGE
-    assert "ZTR_WAIT_TIMEOUT" in err
-    assert err.count("\n") == 1
+    assert "ZTR_WAIT_TIMEOUT" in _one_line(err)
+    assert not ran.exists()
 
 
-@pytest.mark.parametrize("raw", ["0", "2", "2s", "1m", "1h", "010"])
+@pytest.mark.parametrize("raw", ["0", "2", "2s", "1m", "1h", "010", "250ms", "1.5", "0.5m",
+                                 " 2s ", "1.25h", "0.001s", "8760h"])
 def test_wait_and_source_timeout_accepts_duration_words(fake_bin: Path, tmp_path: Path, raw: str) -> None:
     env_file = tmp_path / "env"
     env_file.write_bytes(render_shell({"A": "1"}))
@@ -213,8 +255,8 @@ def test_wait_and_source_without_app_exits_64(fake_bin: Path, tmp_path: Path) ->
         assert err.startswith("usage:")
 
 
-def test_wait_and_source_dashdash_and_subcommand_names_are_the_app(fake_bin: Path, tmp_path: Path) -> None:
-    """In wait mode the arguments are always the app: no ztr, no ztr-run."""
+def test_wait_and_source_dashdash_then_subcommand_name_is_the_app(fake_bin: Path, tmp_path: Path) -> None:
+    """After --, the arguments are the app, run without ztr-run in wait mode."""
     env_file = tmp_path / "env"
     env_file.write_bytes(render_shell({"A": "1"}))
     (fake_bin / "run").write_text('#!/bin/sh\nprintf "%s" "$A $1"\n')
@@ -223,14 +265,122 @@ def test_wait_and_source_dashdash_and_subcommand_names_are_the_app(fake_bin: Pat
     assert (code, out) == (0, "1 x"), err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_wait_and_source_unreadable_file_exits_77(fake_bin: Path, tmp_path: Path) -> None:
+def test_wait_and_source_unreadable_file_exits_77(fake_bin: Path, shm: Path) -> None:
+    prefix = _as_app_user()
+    shm.chmod(0o755)
+    env_file = shm / "env"
+    env_file.write_bytes(render_shell({"A": "1"}))
+    env_file.chmod(0o600)  # root's, as ztr writes it without --owner
+    code, _, out, err = _run(["echo", "app started"], _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(env_file)),
+                             prefix=prefix)
+    assert (code, out) == (EX_NOPERM, "")
+    assert "cannot read" in _one_line(err)
+
+
+@pytest.mark.parametrize("depth", [1, 3], ids=["parent", "grandparent"])
+def test_wait_and_source_file_in_directory_it_cannot_enter_exits_77_at_once(
+        fake_bin: Path, shm: Path, depth: int) -> None:
+    """The file exists, or will, under a directory this user cannot enter: no wait until the
+    timeout with a misleading "did not appear", and no app without its secrets."""
+    prefix = _as_app_user()
+    shm.chmod(0o755)
+    locked = shm / "secrets"
+    parent = locked / "/".join(["sub"] * (depth - 1)) if depth > 1 else locked
+    parent.mkdir(parents=True)
+    env_file = parent / "app.env"
+    env_file.write_bytes(render_shell({"A": "1"}))
+    env_file.chmod(0o644)
+    locked.chmod(0o700)  # root's: the app user cannot enter it
+    env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(env_file), ZTR_WAIT_TIMEOUT="30")
+    started = time.monotonic()
+    code, _, out, err = _run(["echo", "app started"], env, prefix=prefix)
+    assert (code, out) == (EX_NOPERM, "")
+    assert f"cannot enter {locked}" in _one_line(err)
+    assert time.monotonic() - started < 10
+
+
+def test_wait_and_source_missing_file_in_directory_it_cannot_enter_exits_77(fake_bin: Path,
+                                                                           shm: Path) -> None:
+    prefix = _as_app_user()
+    shm.chmod(0o755)
+    (shm / "secrets").mkdir(mode=0o700)
+    env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(shm / "secrets" / "later" / "app.env"))
+    code, _, out, err = _run(["echo", "app started"], env, prefix=prefix)
+    assert (code, out) == (EX_NOPERM, "")
+    assert "cannot enter" in _one_line(err)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_wait_and_source_path_not_a_regular_file_exits_64(fake_bin: Path, tmp_path: Path,
+                                                          kind: str) -> None:
+    target = tmp_path / "secrets"
+    if kind == "directory":
+        target.mkdir()
+        (target / "A").write_text("1")  # as --output-dir leaves it
+    else:
+        os.mkfifo(target)
+    env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(target))
+    code, _, out, err = _run(["echo", "app started"], env)
+    assert (code, out) == (EX_USAGE, "")
+    assert "ZTR_WAIT_FOR_FILE" in _one_line(err)
+
+
+def test_wait_and_source_path_under_a_regular_file_exits_64(fake_bin: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(tmp_path / "file" / "app.env"))
+    code, _, out, err = _run(["echo", "app started"], env)
+    assert (code, out) == (EX_USAGE, "")
+    assert "not a directory" in _one_line(err)
+
+
+@pytest.mark.parametrize("raw", ["1.5", "1500ms", "0.025m"])
+def test_wait_and_source_decimal_timeout_bounds_the_wait(fake_bin: Path, tmp_path: Path,
+                                                         raw: str) -> None:
+    env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(tmp_path / "never"), ZTR_WAIT_TIMEOUT=raw)
+    started = time.monotonic()
+    code, _, _, err = _run(["true"], env)
+    elapsed = time.monotonic() - started
+    assert code == EX_UNAVAILABLE
+    assert "within 2s" in _one_line(err)  # rounded up to whole seconds
+    assert 1.5 <= elapsed < 6
+
+
+# --- the same dispatch in both modes ------------------------------------------------------------
+
+MODES = {"wrap": {}, "wait": {"ZTR_WAIT_FOR_FILE": "/nonexistent/ztr-entrypoint-test/env"}}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("args", [["init", "--output", "/x"], ["watch"], ["run", "--", "app"],
+                                  ["check"], ["iam-policy"], ["demo"], ["plan"], ["--version"],
+                                  ["-h"]], ids=lambda args: args[0])
+def test_entrypoint_ztr_command_runs_ztr_in_both_modes(fake_bin: Path, mode: str,
+                                                       args: list[str]) -> None:
+    (fake_bin / "ztr").write_text('#!/bin/sh\nprintf "%s\\n" ztr "$$" "${ZTR_WAIT_FOR_FILE-unset}" "$@"\n')
+    code, pid, out, err = _run(args, _environ(fake_bin, **MODES[mode]))
+    assert code == 0, err
+    name, child_pid, wait_var, *argv = out.split("\n")[:-1]
+    assert (name, int(child_pid), wait_var, argv) == ("ztr", pid, "unset", args)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_entrypoint_ztr_command_without_ztr_exits_127_in_both_modes(fake_bin: Path, mode: str) -> None:
+    (fake_bin / "ztr").unlink()
+    code, _, out, err = _run(["run", "x"], _environ(fake_bin, **MODES[mode]))
+    assert (code, out) == (EX_NOT_FOUND, "")
+    assert "put -- before it" in _one_line(err)
+
+
+def test_entrypoint_dashdash_then_ztr_command_name_is_the_app_in_both_modes(fake_bin: Path,
+                                                                         tmp_path: Path) -> None:
     env_file = tmp_path / "env"
     env_file.write_bytes(render_shell({"A": "1"}))
-    env_file.chmod(0)
-    code, _, _, err = _run(["true"], _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(env_file)))
-    assert code == EX_NOPERM
-    assert err.count("\n") == 1
+    (fake_bin / "run").write_text('#!/bin/sh\nprintf "%s" "app $A $1"\n')
+    (fake_bin / "run").chmod(0o755)
+    _, _, wrapped, _ = _run(["--", "run", "x"], _environ(fake_bin))
+    assert wrapped.split("\n")[2:5] == ["--", "run", "x"]  # ztr-run -- run x
+    code, _, out, err = _run(["--", "run", "x"], _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(env_file)))
+    assert (code, out) == (0, "app 1 x"), err
 
 
 TRICKY = {
