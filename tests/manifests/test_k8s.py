@@ -661,7 +661,7 @@ def test_bundles_patterns_are_what_they_say() -> None:
 def test_entrypoint_script_dispatch_matches_model() -> None:
     """ztr_invocation() models entrypoint.sh: the same commands, the same two variables."""
     script = (ROOT / "entrypoint.sh").read_text()
-    cases = re.search(r"^\s*(init \|[^)]*)\)\s*\n\s*exec ztr \"\$@\"", script, re.MULTILINE)
+    cases = re.search(r"^\s*(init \|[^)]*)\)\s*\n(?:.*\n)*?\s*exec ztr \"\$@\"", script, re.MULTILINE)
     assert cases, 'entrypoint.sh: no `init | watch | ...) exec ztr "$@"` branch'
     assert [word.strip() for word in cases[1].split("|")] == [*ENTRYPOINT_COMMANDS, "-*"]
     for name in ENTRYPOINT_VARS:
