@@ -25,6 +25,7 @@ import pytest
 
 from sidecar.events import DUPLICATE, IGNORED, MALFORMED, MATCHED, OUT_OF_ORDER, Hint, Matcher
 from sidecar.eventstream import (
+    STALE_AFTER_SECONDS,
     TAG_HEARTBEAT,
     TAG_SUBSCRIPTION,
     WAIT_SECONDS,
@@ -277,15 +278,15 @@ def test_events_moto_sigkilled_owner_queue_swept_by_another_process(
     assert sorted(queue_names(sqs)) == sorted([dead_name, str(stream.queue_url).rsplit("/", 1)[-1]])
     stream.close()
 
-    # ...one whose clock is past the bound (the owner's last heartbeat is > 15 min old) removes
+    # ...one whose clock is past the bound (the owner's last heartbeat is > 30 min old) removes
     # the queue and its subscription; its own queue, heartbeat fresh, stays.
-    later = lambda: time.time() + 1000  # noqa: E731
+    later = lambda: time.time() + STALE_AFTER_SECONDS + 100  # noqa: E731
     survivor, recorder = start(topic_arn=topic, sweep_seconds=0.05, wall_clock=later)
     own_name = str(survivor.queue_url).rsplit("/", 1)[-1]
     assert wait_for(lambda: queue_names(sqs) == [own_name], timeout=10), queue_names(sqs)
     assert [s["Endpoint"].rsplit(":", 1)[-1] for s in subscriptions(sns, topic)] == [own_name]
     own_beat = float(sqs.list_queue_tags(QueueUrl=survivor.queue_url)["Tags"][TAG_HEARTBEAT])
-    assert own_beat > time.time() + 900
+    assert own_beat > time.time() + STALE_AFTER_SECONDS
     sns.publish(TopicArn=topic, Message=native_event())  # no subscription at a deleted queue
     assert wait_for(lambda: recorder.hints)
 
