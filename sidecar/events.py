@@ -8,7 +8,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,8 +65,9 @@ class Hint:
 
     ``identities`` are the secret's names and ARNs as the event gives them; ``labels`` the
     staging labels the event says moved to ``version_id`` (empty: unknown). Times are epoch
-    seconds: ``event_time`` when AWS says it happened, ``published_time`` when SNS sent it,
-    ``received_time`` when ztr read it.
+    seconds: ``event_time`` when AWS says it happened (whole seconds), ``published_time`` when
+    SNS sent it (in the envelope only), ``received_time`` when ztr read it, ``queued_time`` when
+    SQS took it in (milliseconds; the base of the event-to-reaction latency).
     """
 
     kind: str  # LABEL_UPDATED or the CloudTrail event name (PutSecretValue, ...)
@@ -77,6 +78,7 @@ class Hint:
     event_time: float | None = None
     published_time: float | None = None
     received_time: float | None = None
+    queued_time: float | None = None
 
 
 @dataclass(frozen=True)
@@ -350,8 +352,9 @@ class Classifier:
         self._seen_ids = _Recent(recent_limit)
         self._newest = _Recent(recent_limit)
 
-    def classify(self, body: object) -> Verdict:
-        """Never raises on any body; the verdict carries no part of it."""
+    def classify(self, body: object, *, queued_time: float | None = None) -> Verdict:
+        """Never raises on any body; the verdict carries no part of it. ``queued_time``: when
+        SQS took the message in (its SentTimestamp), stamped on the hints with the time now."""
         received = self.wall_clock()
         try:
             hints = parse_body(body)
@@ -374,7 +377,7 @@ class Classifier:
             if not fresh:
                 stale = True
                 continue
-            matches.append((fresh, _stamped(hint, received)))
+            matches.append((fresh, replace(hint, received_time=received, queued_time=queued_time)))
         if matches:
             return Verdict(MATCHED, tuple(matches))
         if stale:
@@ -394,11 +397,6 @@ class Classifier:
                 self._newest.put(key, hint.event_time)
                 fresh.add(secret_id)
         return frozenset(fresh)
-
-
-def _stamped(hint: Hint, received: float) -> Hint:
-    return Hint(hint.kind, hint.identities, hint.version_id, hint.labels, hint.event_id,
-                hint.event_time, hint.published_time, received)
 
 
 # -- configuration values --------------------------------------------------------------------

@@ -544,7 +544,8 @@ class EventStream:
             self._receiving = True
             try:
                 response = _call("ReceiveMessage", self.sqs.receive_message, QueueUrl=url,
-                                 MaxNumberOfMessages=RECEIVE_BATCH, WaitTimeSeconds=wait)
+                                 MaxNumberOfMessages=RECEIVE_BATCH, WaitTimeSeconds=wait,
+                                 MessageSystemAttributeNames=["SentTimestamp"])
             finally:
                 self._receiving = False
             if self._stop.is_set():
@@ -566,7 +567,7 @@ class EventStream:
         entries = []
         for index, message in enumerate(messages):
             message = message if isinstance(message, dict) else {}
-            verdict = self.classifier.classify(message.get("Body"))
+            verdict = self.classifier.classify(message.get("Body"), queued_time=_sent_time(message))
             logs.debug("events: message", result=verdict.result, reason=verdict.reason,
                        secrets=sorted(verdict.secret_ids))
             self._notify(self.on_result, verdict.result)
@@ -651,6 +652,28 @@ class EventStream:
                              code=exc.code)
             return
         self._keeper_warned = False
+
+
+def _sent_time(message: Mapping[str, Any]) -> float | None:
+    """SQS's SentTimestamp (epoch milliseconds, as text) in seconds."""
+    try:
+        return int((message.get("Attributes") or {})["SentTimestamp"]) / 1000.0
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def expected_monthly_requests(mode: str, *, fleet_queues: int = SWEEP_INSPECT + 1) -> dict[str, float]:
+    """SQS requests one process makes in a 30-day month with no events, by operation, from the
+    constants above (waits are jittered to 0.9 of the period on average): what `ztr plan`
+    prices. ``mode`` is "topic" or "queue"; ``fleet_queues`` the queues on the topic."""
+    month = 30 * 24 * 3600.0
+    requests = {"ReceiveMessage": month / WAIT_SECONDS}
+    if mode == "topic":
+        sweeps = month / (0.9 * SWEEP_SECONDS)
+        requests["TagQueue"] = month / (0.9 * HEARTBEAT_SECONDS)
+        requests["ListQueues"] = sweeps
+        requests["ListQueueTags"] = sweeps * min(SWEEP_INSPECT, max(0, fleet_queues - 1))
+    return requests
 
 
 def make_clients(region: str, *, topic_arn: str | None = None, endpoint_url: str | None = None,

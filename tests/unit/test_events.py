@@ -272,12 +272,13 @@ def classifier(*ids: str, prefixes: tuple[str, ...] = (), limit: int = 1024) -> 
 
 
 def test_classifier_matched_carries_ids_and_received_time() -> None:
-    verdict = classifier("prod/db", FULL).classify(body(native()))
+    verdict = classifier("prod/db", FULL).classify(body(native()), queued_time=1_799_999_999.5)
     assert verdict.result == MATCHED
     ((ids, hint),) = verdict.matches
     assert ids == {"prod/db", FULL}
     assert verdict.secret_ids == ids
     assert hint.received_time == 1_800_000_000.0
+    assert hint.queued_time == 1_799_999_999.5
     assert hint.version_id == "v2"
 
 

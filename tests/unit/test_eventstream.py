@@ -158,7 +158,8 @@ class FakeSQS:
                     self._serial += 1
                     handle = f"rh-{self._serial}"
                     queue.in_flight[handle] = text
-                    messages.append({"MessageId": message_id, "ReceiptHandle": handle, "Body": text})
+                    messages.append({"MessageId": message_id, "ReceiptHandle": handle, "Body": text,
+                                     "Attributes": {"SentTimestamp": "1800000000250"}})
                 return {"Messages": messages}
             finally:
                 self.receivers -= 1
@@ -365,6 +366,7 @@ def test_stream_messages_handled_then_all_deleted(running: Any) -> None:
     ((ids, hint),) = recorder.hints
     assert ids == {"prod/db"}
     assert (hint.version_id, hint.event_id) == ("v2", "e-1")
+    assert hint.queued_time == 1_800_000_000.25  # SQS's SentTimestamp: the latency's start
     queue = own_queue(sqs)
     assert wait_for(lambda: not queue.in_flight and not queue.visible)
 
@@ -690,3 +692,13 @@ def test_iam_action_lists_cover_every_call_the_fakes_saw(aws: tuple[FakeSQS, Fak
     called = {f"sqs:{op}" for op in sqs.calls} | {f"sns:{op}" for op in sns.calls}
     called = {"sqs:DeleteMessage" if c == "sqs:DeleteMessageBatch" else c for c in called}
     assert called == granted
+
+
+def test_expected_monthly_requests_are_what_the_docs_price() -> None:
+    topic = eventstream.expected_monthly_requests("topic", fleet_queues=100)
+    assert topic == {"ReceiveMessage": 129_600, "TagQueue": pytest.approx(4_800),
+                     "ListQueues": pytest.approx(1_600), "ListQueueTags": pytest.approx(12_800)}
+    assert sum(topic.values()) * 0.40 / 1e6 == pytest.approx(0.0595, abs=1e-4)
+    small = eventstream.expected_monthly_requests("topic", fleet_queues=3)
+    assert small["ListQueueTags"] == pytest.approx(3_200)  # two other queues to inspect
+    assert eventstream.expected_monthly_requests("queue") == {"ReceiveMessage": 129_600}
