@@ -390,15 +390,25 @@ def test_stream_close_removes_queue_and_subscription_without_waiting_for_long_po
     assert recorder.results == []
 
 
-def test_stream_no_callback_after_close_returns(running: Any) -> None:
-    stream, recorder, sqs, _sns = running
+def test_stream_no_callback_after_close_returns(aws: tuple[FakeSQS, FakeSNS]) -> None:
+    """A long poll in flight at close is abandoned: what it brings back is neither handled nor
+    deleted (SQS hands it out again to the queue's next reader)."""
+    sqs, _ = aws
+    queue = sqs.add_queue("app-events", {})
+    recorder = Recorder()
+    stream = make_stream(sqs, None, recorder, queue_url=queue.url)
+    before = set(threading.enumerate())
+    stream.start()
+    (poller,) = set(threading.enumerate()) - before
+    assert wait_for(lambda: stream.up and sqs.receivers == 1)
     stream.close()
-    count = len(recorder.results) + len(recorder.states)
-    queue = FakeQueue("late", {})
-    sqs.queues["late"] = queue
+    assert poller.is_alive()  # close did not wait for the long poll
     sqs.send(queue, native("late"))
-    time.sleep(0.05)  # give a wrongly live thread the chance to misbehave
-    assert len(recorder.results) + len(recorder.states) == count
+    poller.join(5)
+    assert not poller.is_alive()
+    assert (recorder.results, recorder.states) == ([], [True, False])
+    assert "DeleteMessageBatch" not in sqs.calls
+    assert list(queue.in_flight.values()) == [native("late")]
 
 
 def test_stream_close_during_setup_leaves_nothing_behind(aws: tuple[FakeSQS, FakeSNS]) -> None:
