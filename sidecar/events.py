@@ -49,10 +49,10 @@ _SECRET_ARN_RE = re.compile(
 )
 _ARN_SUFFIX_RE = re.compile(r"-[A-Za-z0-9]{6}")  # what AWS appends to a name in a full ARN
 _TOPIC_ARN_RE = re.compile(
-    r"arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?"
+    r"arn:aws[a-z-]*:sns:[a-z]{2,4}(-[a-z]+)+-\d:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?"
 )
 _QUEUE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,80}(\.fifo)?")
-_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+_REGION_RE = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d")  # us-east-1, us-gov-west-1, eusc-de-east-1
 
 
 class MalformedMessageError(ValueError):

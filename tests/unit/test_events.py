@@ -396,6 +396,7 @@ def test_matcher_any_ids_never_raise(declared: list[str], seen: list[str]) -> No
     "arn:aws-cn:sns:cn-north-1:123456789012:ztr_events",
     "arn:aws-us-gov:sns:us-gov-west-1:123456789012:Events-1",
     f"arn:aws:sns:{REGION}:{ACCOUNT}:ordered.fifo",
+    "arn:aws-eusc:sns:eusc-de-east-1:123456789012:sovereign",
     f"  arn:aws:sns:{REGION}:{ACCOUNT}:padded  ",
 ])
 def test_validate_topic_arn_accepts_topic_arns(arn: str) -> None:
