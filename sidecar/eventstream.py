@@ -192,10 +192,6 @@ class OwnedQueue:
     def name(self) -> str | None:
         return self._name
 
-    @property
-    def ready(self) -> bool:
-        return self._subscription_tagged
-
     def connect(self) -> str:
         """Create and subscribe the queue, or finish doing so; returns its URL."""
         while True:
@@ -473,7 +469,7 @@ class EventStream:
                                   max_backoff_seconds=backoff_max_seconds, stop=self._stop,
                                   clock=clock, on_retry=self._failed)
         self._state_lock = threading.Lock()
-        self._hook_lock = threading.Lock()  # close() waits for a callback under way
+        self._hook_lock = threading.RLock()  # close() waits for a callback under way (or is in one)
         self._closed = False
         self._receiving = False
         self._up: bool | None = None
@@ -508,8 +504,8 @@ class EventStream:
     def close(self, timeout_seconds: float = CLOSE_JOIN_SECONDS) -> None:
         """Stop at once: report down, unsubscribe and delete an owned queue, wait for a callback
         under way (none is made after close returns) and up to ``timeout_seconds`` for the
-        threads. A long poll in flight is not waited for: its thread
-        (a daemon) drops whatever it receives, which SQS would hand out again later."""
+        threads. A long poll in flight is not waited for: its thread (a daemon) drops whatever
+        it receives, which SQS hands out again later. May be called from a callback."""
         self._stop.set()
         self._set_up(False)
         if self.owned is not None:
@@ -523,7 +519,7 @@ class EventStream:
             self._closed = True
         deadline = self.clock() + timeout_seconds
         for thread in self._threads:
-            if thread.name == POLLER_THREAD and self._receiving:
+            if thread is threading.current_thread() or (thread.name == POLLER_THREAD and self._receiving):
                 continue
             thread.join(max(0.0, deadline - self.clock()))
 

@@ -554,6 +554,24 @@ def test_stream_close_that_cannot_unsubscribe_keeps_queue_for_the_sweep(
     assert any("removes it once its heartbeat is stale" in m for m in log.at(logging.WARNING))
 
 
+def test_stream_close_from_a_callback_does_not_deadlock(aws: tuple[FakeSQS, FakeSNS]) -> None:
+    sqs, sns = aws
+    recorder = Recorder()
+    closed = threading.Event()
+
+    def close_on_hint(ids: set[str], hint: Hint) -> None:
+        stream.close()
+        closed.set()
+
+    stream = make_stream(sqs, sns, recorder, on_hint=close_on_hint)
+    stream.start()
+    assert wait_for(lambda: stream.up)
+    sns.publish(native("e-1"))
+    assert closed.wait(5)
+    assert sqs.queues == {}
+    assert recorder.states == [True, False]
+
+
 def test_stream_needs_exactly_one_source(aws: tuple[FakeSQS, FakeSNS]) -> None:
     sqs, sns = aws
     with pytest.raises(ValueError, match="exactly one"):
