@@ -31,6 +31,12 @@ from sidecar.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 ECS_DIR = ROOT / "ecs"
 TASK_DEFINITIONS = ("fargate-init.json", "ec2-init.json", "exec-wrapper.json")
+# Push rotation (issue 12): exec-wrapper.json plus ZTR_EVENTS_TOPIC. It joins the task definitions,
+# and so every check, once ztr's parser knows the variable.
+EVENTS_TASK_DEFINITION = "exec-wrapper-events.json"
+EVENTS_WIRED = "ZTR_EVENTS_TOPIC" in ztr_config.ENV_VARS
+if EVENTS_WIRED:
+    TASK_DEFINITIONS += (EVENTS_TASK_DEFINITION,)
 POLICY_FILE = ECS_DIR / "iam-policy.json"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -783,3 +789,34 @@ def dockerfile_problems(text: str, paths: set[str]) -> list[str]:
         if not re.search(rf"^.*{IMAGE_UID}.*{re.escape(path)}\b.*$", text, re.MULTILINE):
             problems.append(f"Dockerfile needs {path} created and owned by {IMAGE_UID} before VOLUME")
     return problems
+
+
+# -- push rotation (issue 12) ----------------------------------------------------------------
+
+
+def test_events_task_definition_is_exec_wrapper_plus_events_variables() -> None:
+    """Only the family and two variables differ, so the variant cannot drift from exec-wrapper."""
+    events, plain = load(EVENTS_TASK_DEFINITION), load("exec-wrapper.json")
+    app = containers_of(events)["app"]
+    assert env_of(app)["ZTR_REFRESH_INTERVAL"] == "1h"
+    assert events["family"] == plain["family"] + "-events"
+    events["family"] = plain["family"]
+    app["environment"] = [item for item in app["environment"] if item["name"] != "ZTR_EVENTS_TOPIC"]
+    for item in app["environment"]:
+        if item["name"] == "ZTR_REFRESH_INTERVAL":
+            item["value"] = env_of(containers_of(plain)["app"])["ZTR_REFRESH_INTERVAL"]
+    assert events == plain
+
+
+def test_events_task_definition_checks_pass_but_for_the_unwired_variable() -> None:
+    from sidecar.events import validate_topic_arn
+
+    td = load(EVENTS_TASK_DEFINITION)
+    assert shape_problems(td) + enum_problems(td) + rule_problems(td) == []
+    topic = env_of(containers_of(td)["app"])["ZTR_EVENTS_TOPIC"]
+    assert validate_topic_arn(topic) == topic
+    found = ztr_problems(td)
+    if EVENTS_WIRED:
+        assert found == []
+    else:
+        assert found == ["app: ZTR_EVENTS_TOPIC is not a ztr variable (known: config.ENV_VARS)"]

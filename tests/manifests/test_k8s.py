@@ -39,6 +39,12 @@ BUNDLES: dict[str, tuple[Path, tuple[Path, ...]]] = {
     "init-container": (K8S_DIR / "variants" / "init-container", ()),
     "exec-wrapper": (K8S_DIR / "variants" / "exec-wrapper", ()),
 }
+# Push rotation (issue 12): the native sidecar plus ZTR_EVENTS_TOPIC. It joins the bundles, and so
+# every semantic check, once ztr's parser knows the variable.
+EVENTS_VARIANT = K8S_DIR / "variants" / "events"
+EVENTS_WIRED = "ZTR_EVENTS_TOPIC" in ztr_config.ENV_VARS
+if EVENTS_WIRED:
+    BUNDLES["native-sidecar-events"] = (EVENTS_VARIANT, ())
 MIN_KUBERNETES = "1.29.0"  # native sidecars are on by default from 1.29
 KUBERNETES_VERSIONS = (MIN_KUBERNETES, kubernetes_validate_utils.latest_version())
 KUSTOMIZE_KINDS = frozenset({"Kustomization", "Component"})
@@ -998,3 +1004,35 @@ def test_semantic_checks_broken_copy_on_disk_is_rejected(tmp_path: Path) -> None
     deployment.write_text(text)
     assert problems(bundle_docs(K8S_DIR)) == []
     assert any("Sometimes" in problem for problem in problems(bundle_docs(copied)))
+
+
+# -- push rotation (issue 12) --------------------------------------------------------------------
+
+EVENTS_VARIABLES = {"ZTR_EVENTS_TOPIC": None, "ZTR_REFRESH_INTERVAL": "1h"}
+
+
+def test_events_variant_is_native_sidecar_plus_events_variables() -> None:
+    """Nothing but the two variables differs, so the variant cannot drift from the main one."""
+    events, native = bundle_docs(EVENTS_VARIANT), bundle("native-sidecar")
+    env = sidecar(events)["env"]
+    added = [item for item in env if item["name"] in EVENTS_VARIABLES]
+    assert [item["name"] for item in added] == list(EVENTS_VARIABLES)
+    assert literal_env(sidecar(events))["ZTR_REFRESH_INTERVAL"] == "1h"
+    sidecar(events)["env"] = [item for item in env if item["name"] not in EVENTS_VARIABLES]
+    assert events == native
+
+
+def test_events_variant_topic_is_a_topic_arn() -> None:
+    from sidecar.events import validate_topic_arn
+
+    topic = literal_env(sidecar(bundle_docs(EVENTS_VARIANT)))["ZTR_EVENTS_TOPIC"]
+    assert validate_topic_arn(topic) == topic
+
+
+def test_events_variant_semantic_checks_pass_but_for_the_unwired_variable() -> None:
+    found = problems(bundle_docs(EVENTS_VARIANT))
+    if EVENTS_WIRED:
+        assert found == []
+    else:
+        assert len(found) == 1, found
+        assert "ZTR_EVENTS_TOPIC is not a ztr variable" in found[0]
