@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import refs
+from . import events, refs
 from .errors import ConfigError
 
 COMMANDS = ("init", "watch", "run", "check", "iam-policy", "demo", "plan")
@@ -189,6 +189,14 @@ def parse_url(raw: Any, where: str) -> str:
     return text
 
 
+def parse_topic_arn(raw: Any, where: str) -> str:
+    return events.validate_topic_arn(parse_text(raw, where), where)
+
+
+def parse_queue_url(raw: Any, where: str) -> str:
+    return events.validate_queue_url(parse_text(raw, where), where)
+
+
 def parse_name_part(raw: Any, where: str) -> str:
     text = parse_text(raw, where)
     if not _NAME_PART_RE.fullmatch(text):
@@ -295,6 +303,13 @@ SETTINGS: tuple[Setting, ...] = (
             _REFRESH, metavar="DURATION"),
     Setting("debounce", parse_duration, 5.0, "changes within this window cause one reaction",
             _REFRESH, metavar="DURATION"),
+    Setting("events_topic", parse_topic_arn, None,
+            "SNS topic ARN of Secrets Manager's events: own a ztr-* SQS queue on it and check a "
+            "secret as soon as an event names it (polling every hour stays the floor)",
+            _REFRESH | {"iam-policy"}, metavar="ARN"),
+    Setting("events_queue", parse_queue_url, None,
+            "an SQS queue URL that this process alone reads Secrets Manager's events from",
+            _REFRESH | {"iam-policy"}, metavar="URL"),
     Setting("metrics_addr", parse_addr, ("127.0.0.1", 9102),
             "HOST:PORT for /metrics, /healthz, /readyz, /refresh; off disables", _REFRESH,
             metavar="ADDR"),
@@ -328,6 +343,9 @@ SETTINGS: tuple[Setting, ...] = (
             attr="kms_keys"),
     Setting("pods", parse_int, 10, "number of pods (or tasks) in the fleet", frozenset({"plan"}),
             metavar="N"),
+    Setting("events", parse_bool, False,
+            "price push rotation (events, polling at the events floor) beside polling alone",
+            frozenset({"plan"}), switch=True),
     Setting("secrets_per_pod", parse_int, 4, "secrets each pod loads", frozenset({"plan"}),
             flag="--secrets", metavar="M"),
 )
@@ -365,6 +383,9 @@ class Config:
     max_stale_seconds: float
     debounce_seconds: float
     metrics_addr: tuple[str, int] | None
+    events_topic: str | None
+    events_queue: str | None
+    events: bool
     notify_signal: signal.Signals | None
     notify_pid_file: str | None
     notify_command: str | None
@@ -406,7 +427,12 @@ RULES: tuple[Rule, ...] = (
          "ztr init needs --output or --output-dir"),
     Rule(frozenset({"watch"}), lambda v, app: not v["notify_signal"] or bool(v["notify_pid_file"]),
          "--notify-signal needs --notify-pid-file naming the process to signal"),
+    Rule(_REFRESH | {"iam-policy"}, lambda v, app: not (v["events_topic"] and v["events_queue"]),
+         "--events-topic and --events-queue exclude each other: a topic gives this process its "
+         "own queue; --events-queue names one it alone reads"),
 )
+# With events on, a rotation arrives in seconds: polling is only the floor for lost events.
+EVENTS_REFRESH_INTERVAL_SECONDS = 3600.0
 
 
 def early_log_format(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
@@ -521,6 +547,7 @@ def load(
     )
 
     values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+    given: set[str] = set()
     for setting in relevant:
         value = from_flag_or_env(setting)
         if value is _UNSET:
@@ -530,7 +557,11 @@ def load(
                 if env.get(name, "").strip():
                     value = setting.parse(env[name], name)
                     break
+        if value is not _UNSET:
+            given.add(setting.key)
         values[setting.key] = setting.default if value is _UNSET else value
+    if (values["events_topic"] or values["events_queue"]) and "refresh_interval" not in given:
+        values["refresh_interval"] = EVENTS_REFRESH_INTERVAL_SECONDS
 
     bindings: list[refs.Binding] = []
     secret_setting = SETTINGS_BY_KEY["secret"]

@@ -253,13 +253,16 @@ class Loader:
         """
         deadline = self.clock() + self.timeout_seconds
         wanted = None if only is None else set(only)
+        bindings = previous.bindings + self._discovered(previous, wanted)
         by_secret: dict[str, list[FetchKey]] = {}
-        for key in previous.versions:
+        versions: dict[FetchKey, SecretVersion | None] = dict(previous.versions)
+        for binding in bindings[len(previous.bindings):]:
+            versions.setdefault(binding.ref.fetch_key, None)
+        for key in versions:
             if key.version is None and (wanted is None or key.secret_id in wanted):
                 by_secret.setdefault(key.secret_id, []).append(key)
-        vanishable = _optional_keys(previous.bindings)
+        vanishable = _optional_keys(bindings)
         failures: dict[str, ZtrError] = {}
-        versions: dict[FetchKey, SecretVersion | None] = dict(previous.versions)
 
         def lost(key: FetchKey, exc: ZtrError) -> None:
             if isinstance(exc, SecretNotFoundError) and key in vanishable:
@@ -277,7 +280,7 @@ class Loader:
                 continue
             for key in keys:
                 current = info.version_for(key.tracked_stage)
-                known = previous.versions[key]
+                known = versions[key]
                 if current != (known.version_id if known else None):
                     moved[key] = current
         for key, version_id in moved.items():
@@ -287,12 +290,12 @@ class Loader:
             try:
                 fetched = self.retry.call(partial(self.source.get_one, exact), deadline)
                 candidate = {**versions, key: fetched}
-                Snapshot.build(previous.bindings, candidate)  # this value fits its references
+                Snapshot.build(bindings, candidate)  # this value fits its references
             except ZtrError as exc:
                 lost(key, exc)
                 continue
             versions = candidate
-        snapshot = Snapshot.build(previous.bindings, versions)
+        snapshot = Snapshot.build(bindings, versions)
         changed = sorted(
             name for name in set(snapshot.values) | set(previous.values)
             if snapshot.values.get(name) != previous.values.get(name)
@@ -300,6 +303,21 @@ class Loader:
         if not changed and snapshot.ids == previous.ids:
             snapshot = previous
         return Refreshed(snapshot, changed, failures, frozenset(set(by_secret) - set(failures)))
+
+
+    def _discovered(self, previous: Snapshot, wanted: set[str] | None) -> tuple[refs.Binding, ...]:
+        """Secrets an event named that start with ``--prefix`` but were created after the
+        load: they join like the prefix's others (the listing is not repeated)."""
+        if not self.prefix or not wanted:
+            return ()
+        known = {key.secret_id for key in previous.versions}
+        origin = f"--prefix {self.prefix}"
+        return tuple(
+            refs.Binding(refs.prefixed_env_name(name, self.prefix),
+                         refs.SecretRef(name, optional=True), origin)
+            for name in sorted(wanted - known)
+            if name.startswith(self.prefix) and not name.startswith("arn:")
+        )
 
 
 def _optional_keys(bindings: Iterable[refs.Binding]) -> set[FetchKey]:

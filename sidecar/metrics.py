@@ -61,6 +61,15 @@ class Metrics:
         self.secret_check_failures_total = Counter(
             "secret_check_failures", "Refresh checks of one secret that failed (last good value kept).",
             ["secret"], namespace=ns, registry=r)
+        self.events_received_total = Counter(
+            "events_received", "Secrets Manager events read from SQS, by result.", ["result"],
+            namespace=ns, registry=r)
+        self.events_up = Gauge("events_up", "1 while the event stream is connected (--events-*).",
+                               namespace=ns, registry=r)
+        self.event_reaction_latency_seconds = Histogram(
+            "event_reaction_latency_seconds",
+            "From SQS taking an event in to ztr applying the change it announced.", namespace=ns,
+            registry=r, buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300))
         self.reaction_failures_total = Counter(
             "reaction_failures", "Reactions to a change that could not happen, by reason.",
             ["reason"], namespace=ns, registry=r)

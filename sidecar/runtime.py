@@ -18,6 +18,8 @@ from .startup import write_all
 from .watcher import Outcome, Watcher
 
 if TYPE_CHECKING:
+    from .events import Hint
+    from .eventstream import EventStream
     from .signals import SignalInbox
 
 
@@ -34,6 +36,9 @@ class Runtime:
         self.watcher: Watcher | None = None
         self._endpoints: Endpoints | None = None
         self._thread: threading.Thread | None = None
+        self._events: EventStream | None = None
+        self._event_times: list[float] = []  # SQS arrival times of events not yet applied
+        self._event_lock = threading.Lock()
         self.outputs_written = False
 
     # -- probes ----------------------------------------------------------------------------
@@ -88,6 +93,8 @@ class Runtime:
                       reactor: Reactor | None,
                       on_exit: Callable[[], None] | None = None) -> Watcher:
         def on_update(new: Snapshot, changed: list[str]) -> None:
+            with self._event_lock:
+                pending, self._event_times = self._event_times, []
             if changed:
                 self.redactor.update(new.secret_values())
             written = write_all(writers, new.values)
@@ -100,8 +107,11 @@ class Runtime:
                 return
             for name in changed:
                 self.metrics.secret_changes_total.labels(name).inc()
+            if pending:
+                self.metrics.event_reaction_latency_seconds.observe(
+                    max(0.0, time.time() - min(pending)))
             logs.info("Secret change detected", changed=changed, versions=new.version_ids(),
-                      rewritten=written)
+                      rewritten=written, **({"after_event": True} if pending else {}))
 
         def on_cycle(outcome: Outcome) -> None:
             self.metrics.fetch_duration_seconds.observe(outcome.duration_seconds)
@@ -132,7 +142,56 @@ class Runtime:
         self._thread.start()
         return watcher
 
+    # -- push rotation -----------------------------------------------------------------------
+
+    def start_events(self, *, region: str, secret_ids: list[str], prefix: str | None,
+                     topic_arn: str | None, queue_url: str | None) -> None:
+        """Read Secrets Manager's events (``--events-topic`` / ``--events-queue``) and check
+        the secrets they name now. Failures only warn: polling stays the floor."""
+        if topic_arn is None and queue_url is None:
+            return
+        from .events import Matcher, queue_region
+        from .eventstream import EventStream, make_clients
+
+        where = (queue_region(queue_url) if queue_url else None) or region
+        sqs, sns = make_clients(where, topic_arn=topic_arn, record=self.metrics.record_call)
+        for result in ("matched", "ignored", "duplicate", "out_of_order", "malformed"):
+            self.metrics.events_received_total.labels(result)
+        self._events = EventStream(
+            sqs=sqs, sns=sns, topic_arn=topic_arn, queue_url=queue_url,
+            matcher=Matcher(secret_ids, [prefix] if prefix else [], region=region),
+            on_hint=self._on_hint,
+            on_result=lambda result: self.metrics.events_received_total.labels(result).inc(),
+            on_state=lambda up: self.metrics.events_up.set(1 if up else 0))
+        self._events.start()
+        logs.info("Listening for Secrets Manager events", topic=topic_arn, queue=queue_url)
+
+    def _on_hint(self, secret_ids: set[str], hint: Hint) -> None:
+        """An event named these secrets: check the ones whose version in use it does not
+        already confirm (that costs no call), through the watcher's usual path."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        in_use = watcher.snapshot.versions
+        stale = set()
+        for secret_id in secret_ids:
+            keys = [key for key in in_use if key.secret_id == secret_id and key.version is None]
+            confirmed = hint.version_id is not None and keys and all(
+                (not hint.labels or key.tracked_stage in hint.labels)
+                and (version := in_use[key]) is not None and version.version_id == hint.version_id
+                for key in keys)
+            if not confirmed:
+                stale.add(secret_id)
+        if not stale:
+            logs.debug("Event about the version already in use: nothing to check")
+            return
+        with self._event_lock:
+            self._event_times.append(hint.queued_time or hint.received_time or time.time())
+        watcher.hint(stale)
+
     def shutdown(self) -> None:
+        if self._events is not None:
+            self._events.close()  # first: unsubscribe and delete this process's queue
         self.stop.set()
         if self.watcher is not None:
             self.watcher.shutdown()

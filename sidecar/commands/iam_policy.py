@@ -94,5 +94,40 @@ def report(config: Config, out: IO[str] | None = None) -> int:
     uses_batch = bool(chunks) or bool(config.prefix)
     policy = build_policy(region=config.region, account=account, secret_arns=arns,
                           uses_batch=uses_batch, prefix_arn=prefix_arn, kms_keys=kms_keys)
+    policy["Statement"].extend(event_statements(config.events_topic, config.events_queue,
+                                                region=config.region, account=account))
     print(json.dumps(policy, indent=2), file=out)
     return 0
+
+
+def event_statements(topic_arn: str | None, queue_url: str | None, *, region: str,
+                     account: str | None) -> list[dict[str, Any]]:
+    """What the event stream calls (``--events-topic`` / ``--events-queue``), scoped to ztr's
+    own ``ztr-*`` queues and the topic."""
+    from ..events import queue_region
+    from ..eventstream import (
+        QUEUE_PREFIX,
+        SNS_ACTIONS_TOPIC,
+        SQS_ACTIONS_LIST,
+        SQS_ACTIONS_QUEUE,
+        SQS_ACTIONS_TOPIC,
+    )
+
+    if topic_arn is not None:
+        # The queue lives where ztr runs (the SQS client's region), whatever the topic's region.
+        queues = arn("sqs", region, account, f"{QUEUE_PREFIX}*")
+        return [
+            {"Sid": "EventsOwnQueue", "Effect": "Allow", "Action": list(SQS_ACTIONS_TOPIC),
+             "Resource": queues},
+            # ListQueues has no resource-level permissions; the sweep lists ztr-* queues only.
+            {"Sid": "EventsListQueues", "Effect": "Allow", "Action": list(SQS_ACTIONS_LIST),
+             "Resource": "*"},
+            {"Sid": "EventsSubscribe", "Effect": "Allow", "Action": list(SNS_ACTIONS_TOPIC),
+             "Resource": [topic_arn, f"{topic_arn}:*"]},
+        ]
+    if queue_url is not None:
+        where = queue_region(queue_url) or region
+        owner, name = queue_url.rstrip("/").split("/")[-2:]
+        return [{"Sid": "EventsReadQueue", "Effect": "Allow", "Action": list(SQS_ACTIONS_QUEUE),
+                 "Resource": arn("sqs", where, owner, name)}]
+    return []

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import IO
 
 from .. import logs
-from ..config import Config
+from ..config import EVENTS_REFRESH_INTERVAL_SECONDS, Config
 from ..refs import FetchKey
 from ..signals import SignalInbox
 from ..source import plan_fetch
@@ -24,6 +24,8 @@ QUOTAS_TPS = {
     "ListSecrets": 100.0,
 }
 PRICE_PER_10K_CALLS = 0.05
+SQS_PRICE_PER_MILLION = 0.40  # requests, empty long-poll receives included
+SQS_QUOTA_TPS = 300_000.0  # standard queues: nearly unlimited; shown for the table's shape
 PRICE_PER_SECRET_MONTH = 0.40
 SECONDS_PER_MONTH = 30 * 24 * 3600
 
@@ -48,6 +50,7 @@ class Plan:
     refresh: list[Line]
     api_cost_per_month: float
     storage_cost_per_month: float
+    events: bool = False
 
 
 def startup_calls(secrets: int) -> dict[str, int]:
@@ -58,7 +61,10 @@ def startup_calls(secrets: int) -> dict[str, int]:
     return {op: n for op, n in calls.items() if n}
 
 
-def make_plan(pods: int, secrets: int, interval_seconds: float) -> Plan:
+def make_plan(pods: int, secrets: int, interval_seconds: float, *, events: bool = False) -> Plan:
+    """Polling every ``interval_seconds``; with ``events``, push rotation: the event stream's own
+    SQS requests (from the stream's constants) plus DescribeSecret at ``interval_seconds`` as the
+    floor."""
     # The refresh loop waits interval x U(JITTER_LOW, 1): on average a little more often.
     mean_interval = interval_seconds * (1 + JITTER_LOW) / 2
     per_cycle = {"DescribeSecret": float(secrets)}  # one per unpinned secret per cycle
@@ -72,18 +78,31 @@ def make_plan(pods: int, secrets: int, interval_seconds: float) -> Plan:
         quota = QUOTAS_TPS[operation]
         lines.append(Line(operation, calls, round(tps, 3), quota, round(100 * tps / quota, 4),
                           round(monthly), round(cost, 2)))
+    if events:
+        from ..eventstream import expected_monthly_requests
+
+        for operation, per_pod in expected_monthly_requests("topic", fleet_queues=pods).items():
+            monthly = pods * per_pod
+            tps = monthly / SECONDS_PER_MONTH
+            cost = monthly / 1_000_000 * SQS_PRICE_PER_MILLION
+            api_cost += cost
+            # A stream, not a cycle: per pod it is in CALLS/MONTH / pods; the column shows "-".
+            lines.append(Line(f"SQS {operation}", 0, round(tps, 3), SQS_QUOTA_TPS,
+                              round(100 * tps / SQS_QUOTA_TPS, 4), round(monthly), round(cost, 2)))
     return Plan(pods, secrets, interval_seconds, startup_calls(secrets), lines,
-                round(api_cost, 2), round(secrets * PRICE_PER_SECRET_MONTH, 2))
+                round(api_cost, 2), round(secrets * PRICE_PER_SECRET_MONTH, 2), events)
 
 
 def render(plan: Plan) -> str:
-    head = (f"fleet: {plan.pods} pods x {plan.secrets} secrets, refresh every "
+    mode = "push rotation (events), polling floor every" if plan.events else "refresh every"
+    head = (f"fleet: {plan.pods} pods x {plan.secrets} secrets, {mode} "
             f"{plan.interval_seconds:g}s (jittered x0.8-1.0)")
     start = ", ".join(f"{n} {op}" for op, n in plan.startup_calls_per_pod.items())
     rows = [["OPERATION", "PER POD/CYCLE", "FLEET TPS", "QUOTA TPS", "QUOTA USED", "CALLS/MONTH",
              "COST/MONTH"]]
     for line in plan.refresh:
-        rows.append([line.operation, f"{line.per_pod_per_cycle:g}", f"{line.fleet_tps:g}",
+        per_cycle = "-" if line.operation.startswith("SQS ") else f"{line.per_pod_per_cycle:g}"
+        rows.append([line.operation, per_cycle, f"{line.fleet_tps:g}",
                      f"{line.quota_tps:g}", f"{line.quota_used_percent:g}%",
                      f"{line.calls_per_month:,.0f}", f"${line.cost_per_month:,.2f}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -101,9 +120,14 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
 
 def report(config: Config, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
-    plan = make_plan(config.pods, config.secrets_per_pod, config.refresh_interval_seconds)
+    plans = [make_plan(config.pods, config.secrets_per_pod, config.refresh_interval_seconds)]
+    if config.events:
+        plans.append(make_plan(config.pods, config.secrets_per_pod,
+                               EVENTS_REFRESH_INTERVAL_SECONDS, events=True))
     if config.report_format == "json":
-        print(json.dumps(asdict(plan), indent=2), file=out)
+        document = asdict(plans[0]) if len(plans) == 1 else {
+            "polling": asdict(plans[0]), "events": asdict(plans[1])}
+        print(json.dumps(document, indent=2), file=out)
     else:
-        print(render(plan), file=out)
+        print("\n\n".join(render(plan) for plan in plans), file=out)
     return 0

@@ -65,6 +65,9 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
                               max_stale_seconds=config.max_stale_seconds, reactor=reactor,
                               on_exit=functools.partial(_refresh_loop_died, supervisor))
         runtime.outputs_written = True
+        runtime.start_events(region=config.region, prefix=config.prefix,
+                             secret_ids=sorted({b.ref.secret_id for b in snapshot.bindings}),
+                             topic_arn=config.events_topic, queue_url=config.events_queue)
         return supervisor.run()
     finally:
         runtime.shutdown()

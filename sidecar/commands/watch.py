@@ -39,6 +39,9 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
         runtime.start_watcher(loader, snapshot, writers, interval_seconds=config.refresh_interval_seconds,
                               max_stale_seconds=config.max_stale_seconds, reactor=reactor)
         runtime.outputs_written = True
+        runtime.start_events(region=config.region, prefix=config.prefix,
+                             secret_ids=sorted({b.ref.secret_id for b in snapshot.bindings}),
+                             topic_arn=config.events_topic, queue_url=config.events_queue)
         logs.info("Wrote secrets; watching for changes", variables=snapshot.names,
                   refresh_interval_seconds=config.refresh_interval_seconds)
         return _serve(runtime, inbox)

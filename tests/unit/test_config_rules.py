@@ -12,6 +12,8 @@ SECRET = ["--secret", "A=app/a"]
 OUT = ["--output", "/dev/shm/ztr-unit/env"]
 
 # (command, rejected argv, accepted argv); each rule's message names it.
+TOPIC = "arn:aws:sns:us-east-1:123456789012:ztr-events"
+QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/my-queue"
 CASES = {
     "--timeout must be more than 0s": ("init", [*SECRET, *OUT, "--timeout", "0s"],
                                        [*SECRET, *OUT, "--timeout", "1s"]),
@@ -24,6 +26,9 @@ CASES = {
     "--notify-signal needs --notify-pid-file": (
         "watch", [*SECRET, *OUT, "--notify-signal", "SIGHUP"],
         [*SECRET, *OUT, "--notify-signal", "SIGHUP", "--notify-pid-file", "/run/app.pid"]),
+    "--events-topic and --events-queue exclude each other": (
+        "watch", [*SECRET, *OUT, "--events-topic", TOPIC, "--events-queue", QUEUE],
+        [*SECRET, *OUT, "--events-queue", QUEUE]),
 }
 
 
