@@ -377,8 +377,26 @@ class SecretsManagerSource:
         try:
             response = self._client.get_secret_value(**kwargs)
         except Exception as exc:
-            raise self.translate(exc, key.secret_id, "GetSecretValue") from exc
+            error = self.translate(exc, key.secret_id, "GetSecretValue")
+            if isinstance(error, MissingSecretError) and not key.at_current:
+                raise self._no_such_version(key) from exc
+            raise error from exc
         return self._to_version(key.secret_id, response)
+
+    def _no_such_version(self, key: FetchKey) -> ZtrError:
+        """A pinned stage or version that is not there: the secret may well exist, so say
+        which versions and stages it has (metadata, never values) instead of "did you mean"."""
+        wanted = f"version {key.version}" if key.version else f"no version labelled {key.stage}"
+        try:
+            info = self.describe(key.secret_id)
+        except ZtrError as exc:
+            return exc
+        have = "; ".join(f"{version} [{', '.join(labels) or 'no label'}]"
+                         for version, labels in sorted(info.stages.items())) or "none"
+        what = f"has no {wanted}" if key.version else f"has {wanted}"
+        return SecretNotFoundError(
+            f"{key.secret_id}: {what} (its versions and stages: {have}): fix ?version= or "
+            "?stage= in the reference")
 
     def get_many(self, keys: Sequence[FetchKey]) -> dict[FetchKey, SecretVersion | ZtrError]:
         """Fetch several secrets in as few calls as possible.

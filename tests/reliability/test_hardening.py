@@ -328,3 +328,39 @@ def test_huge_durations_are_refused_with_64(
     assert len(result.stderr.strip().splitlines()) == 1
     record = json.loads(result.stderr)  # JSON lines by default, config errors too
     assert record["exit_code"] == 64
+
+
+# -- the small ones -------------------------------------------------------------------------
+
+
+def test_watch_version_info_follows_a_new_version_with_the_same_content(
+    sm: Any, ztr_env: dict[str, str], shm: Path
+) -> None:
+    sm.create_secret(Name="hard/same", SecretString="same")
+    proc = Proc([ZTR, "watch", "--secret", "A=hard/same", "--output", str(shm / "e"),
+                 "--refresh-interval", "1h"], ztr_env)
+    try:
+        proc.wait_log("Wrote secrets; watching for changes")
+        new = sm.put_secret_value(SecretId="hard/same", SecretString="same")["VersionId"]
+        result = _refresh(proc)
+        assert result["status"] == 200
+        assert result["changed"] == []
+        page = http(proc.metrics_addr() + "/metrics")[1]
+        assert metric(page, "ztr_secret_version_info", {"name": "A", "version_id": new}) == 1.0
+        assert page.count("ztr_secret_version_info{") == 1  # the old version's series is gone
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("option", ["stage=AWSPREVIOUS", "version=" + "0" * 32])
+def test_init_missing_pinned_stage_or_version_lists_versions_not_did_you_mean(
+    option: str, sm: Any, ztr_env: dict[str, str], shm: Path
+) -> None:
+    created = sm.create_secret(Name="hard/pinned", SecretString="v1")
+    result = run(["init", "--secret", f"A=hard/pinned?{option}", "--output", str(shm / "e")],
+                 ztr_env)
+    assert result.code == 66, result.stderr
+    message = [e for e in result.logs() if e.get("level") == "error"][0]["msg"]
+    assert "did you mean" not in message
+    assert created["VersionId"] in message  # the versions it does have
+    assert "?version= or ?stage=" in message
