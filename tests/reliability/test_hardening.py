@@ -360,7 +360,7 @@ def test_init_missing_pinned_stage_or_version_lists_versions_not_did_you_mean(
     result = run(["init", "--secret", f"A=hard/pinned?{option}", "--output", str(shm / "e")],
                  ztr_env)
     assert result.code == 66, result.stderr
-    message = [e for e in result.logs() if e.get("level") == "error"][0]["msg"]
+    message = next(e for e in result.logs() if e.get("level") == "error")["msg"]
     assert "did you mean" not in message
     assert created["VersionId"] in message  # the versions it does have
     assert "?version= or ?stage=" in message
