@@ -268,6 +268,25 @@ def test_endpoints_idle_keep_alive_connection_closed_at_the_deadline(serve: Serv
     assert elapsed <= 1.5, elapsed
 
 
+def test_endpoints_reply_not_taken_cut_at_the_deadline(serve: Serve) -> None:
+    """A client that asks and never reads: once the socket buffers are full, the reply has
+    the deadline to be taken, then the connection is closed with replies still owed."""
+    _, port = serve(limits=EndpointLimits(request_deadline_seconds=0.5))
+    asked = 2000
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * asked)
+        time.sleep(2)  # the client that does not read: the subject of the test
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+    answered = data.count(b"HTTP/1.1 200 OK")
+    assert 0 < answered < asked, answered
+
+
 def test_endpoints_at_the_connection_limit_newcomer_served_oldest_closed(serve: Serve) -> None:
     _, port = serve(limits=EndpointLimits(max_connections=3))
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
