@@ -501,3 +501,26 @@ def test_watch_under_hostile_crowd_and_64_descriptors_keeps_refreshing(
         assert proc.stop() == 0
     assert not non_json_lines(proc.stderr), proc.stderr[-10:]
     assert not any("Too many open files" in line for line in proc.stderr), proc.stderr[-10:]
+
+
+def test_watch_metrics_addr_ipv6_loopback_listens(
+    sm: Any, ztr_env: dict[str, str], shm: Path,
+) -> None:
+    """``--metrics-addr [::1]:0`` goes from the flag to a socket listening on ::1."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as check:
+            check.bind(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback on this machine: {exc}")
+    sm.create_secret(Name=SECRET, SecretString="v1-endpoints")
+    proc = Proc([ZTR, "watch", "--secret", f"DB={SECRET}", "--output", str(shm / "app.env"),
+                 "--metrics-addr", "[::1]:0"], ztr_env)
+    try:
+        entry = proc.wait_log("Serving /metrics, /healthz, /readyz and POST /refresh")
+        host, port = str(entry["addr"]).rsplit(":", 1)
+        assert host.strip("[]") == "::1", entry
+        proc.wait_log("Wrote secrets; watching for changes")
+        probes_answered("::1", int(port))
+    finally:
+        assert proc.stop() == 0
+    assert not non_json_lines(proc.stderr), proc.stderr[-10:]
