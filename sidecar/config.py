@@ -131,14 +131,27 @@ def parse_signal(raw: Any, where: str) -> signal.Signals:
 
 
 def parse_addr(raw: Any, where: str) -> tuple[str, int] | None:
-    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``off``."""
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` (all IPv4 interfaces) or ``off``."""
+    import ipaddress  # here, not at the top: only this setting needs it
+
     text = str(raw).strip()
     if text.lower() == "off":
         return None
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{where}: {raw!r} is not HOST:PORT or off (example: 0.0.0.0:9102)")
-    return (host.strip("[]") or "0.0.0.0", int(port))
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ConfigError(f"{where}: {raw!r} is not HOST:PORT or off "
+                          "(examples: 0.0.0.0:9102, [::]:9102 for IPv6)")
+    if host.startswith("[") or host.endswith("]"):
+        literal = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            raise ConfigError(f"{where}: {raw!r}: {host} is not an IPv6 address in brackets "
+                              "(example: [::1]:9102)") from None
+        return (literal, int(port))
+    if ":" in host:  # "::1:9102" could mean port 9102 of ::1 or an address ending in :9102
+        raise ConfigError(f"{where}: {raw!r}: write an IPv6 address in brackets, as in [::1]:9102")
+    return (host or "0.0.0.0", int(port))
 
 
 @dataclass(frozen=True)
