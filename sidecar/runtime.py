@@ -64,9 +64,11 @@ class Runtime:
         try:
             host, port = self._endpoints.start(*addr)
         except OSError as exc:
-            raise OutputError(f"--metrics-addr {addr[0]}:{addr[1]}: cannot listen "
+            host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+            raise OutputError(f"--metrics-addr {host}:{addr[1]}: cannot listen "
                               f"({exc.strerror or exc})") from exc
-        logs.info("Serving /metrics, /healthz, /readyz and POST /refresh", addr=f"{host}:{port}")
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address in brackets
+        logs.info("Serving /metrics, /healthz, /readyz and POST /refresh", addr=f"{shown}:{port}")
 
     def _refresh_now(self) -> tuple[int, dict[str, Any]]:
         if self.watcher is None:
