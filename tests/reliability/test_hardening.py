@@ -364,3 +364,77 @@ def test_init_missing_pinned_stage_or_version_lists_versions_not_did_you_mean(
     assert "did you mean" not in message
     assert created["VersionId"] in message  # the versions it does have
     assert "?version= or ?stage=" in message
+
+
+# -- terminals and job control ----------------------------------------------------------------
+
+
+def _on_terminal(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv`` as the session leader of a new pseudo-terminal (its controlling terminal,
+    as `docker run -it` gives one); returns the process and the master side."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(argv, env=env, stdin=slave, stdout=slave, stderr=slave,
+                            start_new_session=True, preexec_fn=take_terminal)
+    os.close(slave)
+    return proc, master
+
+
+def _read_until(master: int, text: bytes, timeout: float) -> bytes:
+    import select as select_mod
+
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {text!r} within {timeout}s; got {seen[-300:]!r}")
+        ready, _, _ = select_mod.select([master], [], [], remaining)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def test_run_app_reading_the_terminal_at_once_is_never_stopped(env_plain: dict[str, str]) -> None:
+    """The app reads its terminal as its first act: it must own the terminal by then (20 runs;
+    before, up to a third hung in SIGTTIN under load)."""
+    for attempt in range(20):
+        proc, master = _on_terminal(
+            [ZTR_RUN, "--log-format", "text", "--", "sh", "-c", "read line; echo got-$line"],
+            env_plain)
+        try:
+            os.write(master, b"hello\n")
+            _read_until(master, b"got-hello", timeout=10)
+            assert proc.wait(timeout=10) == 0, f"attempt {attempt}"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+
+
+def test_run_job_control_stops_and_resumes_ztr_and_app(env_plain: dict[str, str]) -> None:
+    from tests.reliability.conftest import children_of, proc_state
+
+    proc = Proc([ZTR_RUN, "--", "sleep", "60"], env_plain)
+    try:
+        proc.wait_until(lambda: children_of(proc.pid), what="the app")
+        app = children_of(proc.pid)[0]
+        proc.signal(signal.SIGTSTP)
+        proc.wait_until(lambda: proc_state(app) == "T" and proc_state(proc.pid) == "T",
+                        timeout=5, what="the app and ztr stopped")
+        proc.signal(signal.SIGCONT)
+        proc.wait_until(lambda: proc_state(app) == "S" and proc_state(proc.pid) == "S",
+                        timeout=5, what="the app and ztr running again")
+    finally:
+        assert proc.stop() == 128 + signal.SIGTERM
