@@ -25,6 +25,7 @@ from . import logs
 from .errors import TransientError, UnavailableError
 from .events import SOURCE, Classifier, Hint, Matcher, topic_region
 from .retry import RetryPolicy
+from .source import CallRecorder, attempt_recorder
 
 QUEUE_PREFIX = "ztr-"  # every queue ztr creates; IAM policies scope SQS actions to ztr-*
 WAIT_SECONDS = 20  # SQS's longest long poll
@@ -61,7 +62,6 @@ HintHook = Callable[[set[str], Hint], None]  # (declared secret ids, hint); on t
 ResultHook = Callable[[str], None]  # one of events.RESULTS, once per message
 StateHook = Callable[[bool], None]  # True when the stream is up, False when it goes down
 ErrorHook = Callable[[str, str], None]  # (operation, error code), once per failed call
-CallRecorder = Callable[[str, str], None]  # (operation, result) for every HTTP attempt
 
 
 class QueueClient(Protocol):
@@ -695,22 +695,5 @@ def make_clients(region: str, *, topic_arn: str | None = None, endpoint_url: str
                                 config=config(topic_region(topic_arn) if topic_arn else region, 10.0))
     if record is not None:
         for client, service in ((sqs, "sqs"), (sns, "sns")):
-            client.meta.events.register_first(f"needs-retry.{service}", _attempt_recorder(record))
+            client.meta.events.register_first(f"needs-retry.{service}", attempt_recorder(record))
     return cast("QueueClient", sqs), cast("TopicClient", sns)
-
-
-def _attempt_recorder(record: CallRecorder) -> Callable[..., None]:
-    def on_attempt(response: Any = None, operation: Any = None,
-                   caught_exception: BaseException | None = None, **_: Any) -> None:
-        name = getattr(operation, "name", "Unknown")
-        if caught_exception is not None:
-            result = "network_error"
-        elif response is not None:
-            http, parsed = response
-            code = (parsed or {}).get("Error", {}).get("Code")
-            result = "success" if http.status_code < 300 else str(code or http.status_code)
-        else:
-            result = "unknown"
-        record(name, result)
-
-    return on_attempt

@@ -14,10 +14,11 @@ from .loader import Loader, Snapshot
 from .metrics import Endpoints, Metrics
 from .outputs import Writer
 from .reactor import Reactor
-from .startup import write_all
+from .startup import first_load, make_loader, make_writers, write_all
 from .watcher import Outcome, Watcher
 
 if TYPE_CHECKING:
+    from .config import Config
     from .events import Hint
     from .eventstream import EventStream
     from .signals import SignalInbox
@@ -201,3 +202,17 @@ class Runtime:
             self._thread.join(timeout=5)
         if self._endpoints is not None:
             self._endpoints.stop()
+
+
+def start_resident(runtime: Runtime, config: Config, redactor: logs.Redactor,
+          inbox: SignalInbox) -> tuple[Loader, Snapshot, list[Writer]]:
+    """What ``watch`` and a supervising ``run`` share: outputs checked, endpoints up, the first
+    load (interruptible) and the files written."""
+    writers = make_writers(config)
+    loader = make_loader(config, record=runtime.metrics.record_call, stop=runtime.stop)
+    runtime.start_endpoints(config.metrics_addr)
+    started = time.monotonic()
+    snapshot = first_load(loader, redactor, inbox, runtime.stop)
+    runtime.on_loaded(snapshot, time.monotonic() - started)
+    write_all(writers, snapshot.values)
+    return loader, snapshot, writers

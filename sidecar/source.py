@@ -185,6 +185,26 @@ def _create_client(service: str, endpoint_url: str | None, config: Any) -> Any:
                                                         config=config)
 
 
+def attempt_recorder(record: CallRecorder) -> Callable[..., None]:
+    """A botocore ``needs-retry`` handler that reports every HTTP attempt as (operation, result):
+    success, an error code, or network_error."""
+
+    def on_attempt(response: Any = None, operation: Any = None,
+                   caught_exception: BaseException | None = None, **_: Any) -> None:
+        name = getattr(operation, "name", "Unknown")
+        if caught_exception is not None:
+            result = "network_error"
+        elif response is not None:
+            http, parsed = response
+            code = (parsed or {}).get("Error", {}).get("Code")
+            result = "success" if http.status_code < 300 else str(code or http.status_code)
+        else:
+            result = "unknown"
+        record(name, result)
+
+    return on_attempt
+
+
 def caller_identity(region: str, timeout_seconds: float) -> Identity:
     """STS GetCallerIdentity on boto3's default chain (AWS_ENDPOINT_URL_STS is honoured).
 
@@ -248,24 +268,12 @@ class SecretsManagerSource:
         self._record = record or (lambda operation, result: None)
         self._batch_allowed = True
         # Count every HTTP attempt, botocore's own retries included: that is what AWS bills.
-        client.meta.events.register_first("needs-retry.secrets-manager", self._on_attempt)
+        client.meta.events.register_first("needs-retry.secrets-manager",
+                                          attempt_recorder(self._record))
 
     @property
     def endpoint(self) -> str:
         return str(self._client.meta.endpoint_url)
-
-    def _on_attempt(self, response: Any = None, operation: Any = None,
-                    caught_exception: BaseException | None = None, **_: Any) -> None:
-        name = getattr(operation, "name", "Unknown")
-        if caught_exception is not None:
-            result = "network_error"
-        elif response is not None:
-            http, parsed = response
-            code = (parsed or {}).get("Error", {}).get("Code")
-            result = "success" if http.status_code < 300 else str(code or http.status_code)
-        else:
-            result = "unknown"
-        self._record(name, result)
 
     # -- translation -------------------------------------------------------------------
 

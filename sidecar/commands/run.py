@@ -4,7 +4,6 @@ supervise it, and react to rotation."""
 from __future__ import annotations
 
 import functools
-import time
 
 from .. import logs
 from ..config import Config
@@ -12,9 +11,9 @@ from ..environ import child_environment
 from ..errors import EXIT_SOFTWARE
 from ..metrics import Metrics
 from ..reactor import AppReaction, Reactor, RestartBudget
-from ..runtime import Runtime
+from ..runtime import Runtime, start_resident
 from ..signals import SignalInbox
-from ..startup import check_pending_stop, first_load, log_disabled, make_loader, make_writers, write_all
+from ..startup import check_pending_stop, log_disabled
 from ..supervisor import Exit, Supervisor, forbid_core_dumps
 
 
@@ -38,13 +37,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
                                     grace_seconds=config.grace_period_seconds, on_start=on_start,
                                     on_exit=on_exit, log=logs.info)
             return supervisor.run()
-        writers = make_writers(config)
-        loader = make_loader(config, record=metrics.record_call, stop=runtime.stop)
-        runtime.start_endpoints(config.metrics_addr)
-        started = time.monotonic()
-        snapshot = first_load(loader, redactor, inbox, runtime.stop)
-        runtime.on_loaded(snapshot, time.monotonic() - started)
-        write_all(writers, snapshot.values)
+        loader, snapshot, writers = start_resident(runtime, config, redactor, inbox)
         child_env = functools.partial(child_environment, config.parent_env,
                                       argv=config.command_args)
         env = child_env(snapshot.values)

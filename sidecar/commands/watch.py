@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 from .. import logs
 from ..config import Config
 from ..errors import EXIT_SOFTWARE
 from ..metrics import Metrics
 from ..reactor import Notifier, Reactor
-from ..runtime import Runtime
+from ..runtime import Runtime, start_resident
 from ..signals import STOPPING, SignalInbox, name
-from ..startup import check_pending_stop, first_load, log_disabled, make_loader, make_writers, write_all
+from ..startup import check_pending_stop, log_disabled
 from ..supervisor import forbid_core_dumps
 
 
@@ -24,13 +22,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
             log_disabled(config.disabled_reason)
             runtime.start_endpoints(config.metrics_addr, always_ready=True)
             return _serve(runtime, inbox)
-        writers = make_writers(config)
-        loader = make_loader(config, record=metrics.record_call, stop=runtime.stop)
-        runtime.start_endpoints(config.metrics_addr)
-        started = time.monotonic()
-        snapshot = first_load(loader, redactor, inbox, runtime.stop)
-        runtime.on_loaded(snapshot, time.monotonic() - started)
-        write_all(writers, snapshot.values)
+        loader, snapshot, writers = start_resident(runtime, config, redactor, inbox)
         check_pending_stop(inbox, runtime.stop)
         notifier = Notifier(signum=config.notify_signal, pid_file=config.notify_pid_file,
                             command=config.notify_command, timeout_seconds=config.timeout_seconds,
