@@ -54,6 +54,10 @@ BY_PARSER: dict[str, list[str]] = {
     "parse_signal": ["SIGNOPE", "999", "-9"],
     "parse_addr": ["nowhere", "127.0.0.1:99999", "host:port", "127.0.0.1:"],
     "parse_on_change": ["reboot", "signal:", "signal:SIGNOPE", "exit:now", "none:SIGHUP"],
+    "parse_topic_arn": ["my-topic", "arn:aws:sqs:us-east-1:123456789012:q",
+                        "arn:aws:sns:us-east-1:12345:t", "arn:aws:sns:us-east-1:123456789012:"],
+    "parse_queue_url": ["my-queue", "sqs.us-east-1.amazonaws.com/123456789012/q",
+                        "https://sqs.us-east-1.amazonaws.com/q", "ftp://h/123456789012/q"],
     "parse": ["bogus", "-"],  # _choice(...)
     "parse_text": [],
     "_parse_list": [],

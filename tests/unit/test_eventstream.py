@@ -320,7 +320,8 @@ def running(aws: tuple[FakeSQS, FakeSNS]) -> Iterator[tuple[EventStream, Recorde
     recorder = Recorder()
     stream = make_stream(sqs, sns, recorder)
     stream.start()
-    assert wait_for(lambda: stream.up)
+    # ``up`` turns true just before on_state is called: wait for the callback too.
+    assert wait_for(lambda: stream.up and recorder.states)
     yield stream, recorder, sqs, sns
     stream.close()
 
