@@ -295,6 +295,14 @@ class Loader:
                 lost(key, exc)
                 continue
             versions = candidate
+        # A secret found by --prefix (at start or through an event) that is gone is forgotten:
+        # no DescribeSecret of a name that does not exist on every later cycle.
+        if self.prefix:
+            origin = f"--prefix {self.prefix}"
+            gone = {b.ref.fetch_key for b in bindings
+                    if b.origin == origin and versions.get(b.ref.fetch_key) is None}
+            bindings = tuple(b for b in bindings if b.ref.fetch_key not in gone)
+            versions = {key: version for key, version in versions.items() if key not in gone}
         snapshot = Snapshot.build(bindings, versions)
         changed = sorted(
             name for name in set(snapshot.values) | set(previous.values)

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -50,10 +51,15 @@ class Redactor(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._values: list[str] = []
+        # The values in use and the ones they replaced (a log line about a rotation may still
+        # quote the old one); older generations are dropped, so rotations cannot grow the list.
+        self._generations: deque[set[str]] = deque(maxlen=2)
 
     def update(self, values: Iterable[str]) -> None:
+        """The values now in use (all of them: ``update`` replaces the older generation)."""
+        self._generations.append({v for v in values if len(v) >= _MIN_REDACT_LENGTH})
+        merged = set().union(*self._generations)
         # Longest first, so a value that contains another is replaced whole.
-        merged = set(self._values) | {v for v in values if len(v) >= _MIN_REDACT_LENGTH}
         self._values = sorted(merged, key=len, reverse=True)
 
     def _scrub(self, value: Any) -> Any:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .signals import SignalInbox
 
 
+_EVENTS_CLOSE_SECONDS = 5.0
+
+
 class Runtime:
     """Owns the endpoints and the watcher thread. ``ready`` waits for the written outputs."""
 
@@ -38,7 +41,7 @@ class Runtime:
         self._endpoints: Endpoints | None = None
         self._thread: threading.Thread | None = None
         self._events: EventStream | None = None
-        self._event_times: list[float] = []  # SQS arrival times of events not yet applied
+        self._event_since: float | None = None  # when the oldest event not yet checked arrived
         self._event_lock = threading.Lock()
         self.outputs_written = False
 
@@ -97,7 +100,7 @@ class Runtime:
                       on_exit: Callable[[], None] | None = None) -> Watcher:
         def on_update(new: Snapshot, changed: list[str]) -> None:
             with self._event_lock:
-                pending, self._event_times = self._event_times, []
+                since, self._event_since = self._event_since, None
             if changed:
                 self.redactor.update(new.secret_values())
             written = write_all(writers, new.values)
@@ -110,13 +113,15 @@ class Runtime:
                 return
             for name in changed:
                 self.metrics.secret_changes_total.labels(name).inc()
-            if pending:
-                self.metrics.event_reaction_latency_seconds.observe(
-                    max(0.0, time.time() - min(pending)))
+            if since is not None:
+                self.metrics.event_reaction_latency_seconds.observe(max(0.0, time.time() - since))
             logs.info("Secret change detected", changed=changed, versions=new.version_ids(),
-                      rewritten=written, **({"after_event": True} if pending else {}))
+                      rewritten=written, **({"after_event": True} if since is not None else {}))
 
         def on_cycle(outcome: Outcome) -> None:
+            if not outcome.ok:
+                with self._event_lock:  # a failed check: the event's latency is not measurable
+                    self._event_since = None
             self.metrics.fetch_duration_seconds.observe(outcome.duration_seconds)
             self.metrics.refresh_total.labels("success" if outcome.ok else "error").inc()
             for secret_id in outcome.failed:
@@ -188,16 +193,23 @@ class Runtime:
         if not stale:
             logs.debug("Event about the version already in use: nothing to check")
             return
+        arrived = hint.queued_time or hint.received_time or time.time()
         with self._event_lock:
-            self._event_times.append(hint.queued_time or hint.received_time or time.time())
+            if self._event_since is None or arrived < self._event_since:
+                self._event_since = arrived
         watcher.hint(stale)
 
     def shutdown(self) -> None:
-        if self._events is not None:
-            self._events.close()  # first: unsubscribe and delete this process's queue
         self.stop.set()
         if self.watcher is not None:
             self.watcher.shutdown()
+        if self._events is not None:
+            # Unsubscribe and delete this process's queue, but never hold up the exit for it
+            # (AWS unreachable): an orphaned queue is swept by the other processes.
+            closer = threading.Thread(target=self._events.close, name="ztr-events-close",
+                                      daemon=True)
+            closer.start()
+            closer.join(_EVENTS_CLOSE_SECONDS)
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._endpoints is not None:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import queue
+import select
 import shutil
 import signal
 import sys
@@ -27,6 +28,7 @@ _PR_SET_DUMPABLE = 4
 # Members of the child's group that are not ztr's children send no SIGCHLD when they die:
 # while waiting for them, look this often.
 _SETTLE_POLL_SECONDS = 0.05
+_EXEC_REPORT_SECONDS = 10.0  # how long a forked child may take to exec before it counts as started
 _MAX_WAIT_SECONDS = 3600.0  # epoll refuses waits over 2**31 ms (~24.8 days): wake up and re-check
 _ALL_SIGNALS = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
@@ -120,28 +122,38 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
     do this step, so this path forks. Raises SpawnError (127 / 126)."""
     executable = resolve_command(argv[0], env)
     report_r, report_w = os.pipe()  # close-on-exec: EOF means the exec succeeded
-    pid = os.fork()
-    if pid == 0:  # the child: only system calls until exec
-        try:
-            os.setpgid(0, 0)
-            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(tty, os.getpid())
-            for signum in _ALL_SIGNALS:
-                with contextlib.suppress(OSError, ValueError):
-                    signal.signal(signum, signal.SIG_DFL)
-            signal.set_wakeup_fd(-1)
-            signal.pthread_sigmask(signal.SIG_SETMASK, ())
-            os.execve(executable, list(argv), dict(env))  # noqa: S606
-        except OSError as exc:
-            os.write(report_w, str(exc.errno or 0).encode())
-        finally:
-            os._exit(EXIT_NOT_FOUND)
+    # Blocked across the fork: a signal forwarded to the new group before the child has reset
+    # its handlers would otherwise land in the child's copy of ztr's handler and be lost. The
+    # child unblocks right before exec, with default dispositions: a pending SIGTERM acts then.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: only system calls until exec
+            try:
+                os.setpgid(0, 0)
+                signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+                os.tcsetpgrp(tty, os.getpid())
+                signal.set_wakeup_fd(-1)
+                for signum in _ALL_SIGNALS:
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                os.execve(executable, list(argv), dict(env))  # noqa: S606
+            except OSError as exc:
+                os.write(report_w, str(exc.errno or 0).encode())
+            finally:
+                os._exit(EXIT_NOT_FOUND)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
     os.close(report_w)
     with contextlib.suppress(OSError):  # EACCES once the child has exec'd: it did it itself
         os.setpgid(pid, pid)
     _set_foreground(tty, pid)
     try:
-        report = os.read(report_r, 16)
+        # A child that never gets to exec (or to fail it) must not hold the loop: after the
+        # wait it is treated as started, and reaped like any other.
+        ready, _, _ = select.select([report_r], [], [], _EXEC_REPORT_SECONDS)
+        report = os.read(report_r, 16) if ready else b""
     finally:
         os.close(report_r)
     if report:
@@ -307,17 +319,23 @@ class Supervisor:
                 self.log(f"Signal {_name(signum)} received before the app started: not forwarded")
         return None
 
-    def _spawn_child(self) -> int:
-        tty = _foreground_tty()
+    def _in_app_directory(self, start: Callable[[], int]) -> int:
+        """Run ``start`` (a spawn) from the app's directory, then move back to /. posix_spawn has
+        no chdir action before Python 3.13, so the loop (the only thread that spawns) changes
+        directory around it; every path other threads use is absolute (config resolves them)."""
         os.chdir(self.cwd)
         try:
-            pid = spawn_foreground(self.argv, self.env, tty) if tty is not None \
-                else spawn(self.argv, self.env)
+            return start()
         finally:
             with contextlib.suppress(OSError):
                 os.chdir("/")
-        if tty is not None:
-            self._tty_fd = tty
+
+    def _spawn_child(self) -> int:
+        tty = _foreground_tty()
+        if tty is None:
+            return self._in_app_directory(lambda: spawn(self.argv, self.env))
+        pid = self._in_app_directory(lambda: spawn_foreground(self.argv, self.env, tty))
+        self._tty_fd = tty
         return pid
 
     def _start(self) -> None:
@@ -388,7 +406,8 @@ class Supervisor:
                 action.finish(1)
                 return
             try:
-                action.pid = spawn(action.argv, action.env, quiet=True)
+                action.pid = self._in_app_directory(
+                    lambda: spawn(action.argv, action.env, quiet=True))
                 self._asides[action.pid] = action
             except SpawnError as exc:
                 action.finish(exc.exit_code)

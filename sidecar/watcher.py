@@ -195,10 +195,13 @@ class Watcher:
             self.on_cycle(failed)
             return failed
         now = self.clock()
+        tracked = {key.secret_id for key in refreshed.snapshot.versions if key.version is None}
         for secret_id in refreshed.checked:
             self.last_ok[secret_id] = now
-        for key in refreshed.snapshot.versions:  # a secret that appeared since (prefix)
-            self.last_ok.setdefault(key.secret_id, now)
+        for secret_id in tracked:  # a secret that appeared since (prefix, event)
+            self.last_ok.setdefault(secret_id, now)
+        for secret_id in set(self.last_ok) - tracked:  # one that is gone is not stale
+            del self.last_ok[secret_id]
         self.snapshot = refreshed.snapshot
         if self.reactor is not None:
             self.reactor.notice(refreshed.changed)

@@ -21,6 +21,7 @@ from ..loader import extract
 from ..signals import SignalInbox
 from ..source import SecretInfo, SecretSource, SecretVersion, caller_identity
 from ..startup import make_loader
+from ..supervisor import forbid_core_dumps
 
 OK = "ok"
 
@@ -70,6 +71,7 @@ def _row(binding: refs.Binding, outcome: SecretVersion | ZtrError | None,
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    forbid_core_dumps()  # it fetches values to check them
     return report(config)
 
 

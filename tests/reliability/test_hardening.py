@@ -124,37 +124,46 @@ def test_init_deeply_nested_json_value_exits_65_not_70(
 # -- signals -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def black_hole() -> Iterator[str]:
-    """An endpoint that accepts connections and never answers."""
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    done = threading.Event()
+class BlackHole:
+    """An endpoint that accepts connections and never answers; counts what it accepted."""
 
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not done.is_set():
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.done.is_set():
             try:
-                held.append(server.accept()[0])
+                self.held.append(self.server.accept()[0])
             except OSError:
                 continue
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    done.set()
-    thread.join(2)
-    for conn in held:
-        conn.close()
-    server.close()
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(2)
+        for conn in self.held:
+            conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.parametrize("command", ["init", "run", "watch"])
 def test_signal_during_hanging_startup_load_stops_within_a_second(
-    command: str, signum: int, black_hole: str, ztr_env: dict[str, str], shm: Path
+    command: str, signum: int, black_hole: BlackHole, ztr_env: dict[str, str], shm: Path
 ) -> None:
-    env = {**ztr_env, "AWS_ENDPOINT_URL_SECRETS_MANAGER": black_hole}
+    env = {**ztr_env, "AWS_ENDPOINT_URL_SECRETS_MANAGER": black_hole.url}
     args = {"init": [ZTR, "init", "--output", str(shm / "e")],
             "watch": [ZTR, "watch", "--output", str(shm / "e")],
             "run": [ZTR_RUN]}[command]
@@ -162,7 +171,8 @@ def test_signal_during_hanging_startup_load_stops_within_a_second(
     proc = Proc([*args, "--secret", "A=hard/x", "--secret", "B=hard/y", *tail], env)
     try:
         proc.wait_log("Loading secrets from AWS Secrets Manager")
-        time.sleep(0.3)  # let the request reach the black hole: the load is now in botocore's read
+        # The request reached the black hole: the load is now waiting in botocore's read.
+        proc.wait_until(lambda: black_hole.held, timeout=10, what="the connection accepted")
         sent = time.monotonic()
         proc.signal(signum)
         code = proc.wait(timeout=10)

@@ -69,13 +69,23 @@ def test_redactor_four_characters_is_enough() -> None:
     assert entry.getMessage() == f"pin {REDACTED}"
 
 
-def test_redactor_updates_accumulate() -> None:
+def test_redactor_updates_keep_the_previous_generation() -> None:
     redactor = Redactor()
     redactor.update(["first-value"])
     redactor.update(["second-value"])
     entry = record("first-value then second-value")
     redactor.filter(entry)
     assert entry.getMessage() == f"{REDACTED} then {REDACTED}"
+
+
+def test_redactor_many_rotations_stay_bounded() -> None:
+    redactor = Redactor()
+    for rotation in range(1000):
+        redactor.update([f"db-password-{rotation:04d}", "session-secret-stays"])
+    entry = record("db-password-0000 db-password-0998 db-password-0999 session-secret-stays")
+    redactor.filter(entry)
+    # The two newest generations are redacted; the thousand older ones are not kept at all.
+    assert entry.getMessage() == f"db-password-0000 {REDACTED} {REDACTED} {REDACTED}"
 
 
 def test_redactor_without_values_leaves_record_alone() -> None:

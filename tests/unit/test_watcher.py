@@ -31,12 +31,12 @@ MAX_STALE = 300.0
 
 def make_watcher(fake: FakeSecretsManager, entries: Sequence[str], *,
                  on_update: UpdateHook | None = None, reactor: Reactor | None = None,
-                 outcomes: list[Outcome] | None = None) -> Watcher:
+                 outcomes: list[Outcome] | None = None, prefix: str | None = None) -> Watcher:
     clock = fake.clock
     # Backoffs between retries wait on the clock's event: they move the fake clock, never sleep.
     retry = RetryPolicy(initial_seconds=0.5, max_backoff_seconds=4.0, stop=clock.event(), clock=clock)
     loader = Loader(fake, retry, bindings=[refs.parse_binding(e, "--secret") for e in entries],
-                    prefix=None, timeout_seconds=30.0, clock=clock)
+                    prefix=prefix, timeout_seconds=30.0, clock=clock)
     sink = outcomes if outcomes is not None else []
     return Watcher(loader, loader.load(), interval_seconds=INTERVAL, max_stale_seconds=MAX_STALE,
                    reactor=reactor, on_update=on_update, on_cycle=sink.append,
@@ -266,6 +266,31 @@ def test_watcher_optional_secret_gone_drops_its_variable(fake: FakeSecretsManage
     assert outcome.changed == ["A"]
     assert watcher.snapshot.values == {"B": "bravo-1"}
     assert updates[-1].values == {"B": "bravo-1"}
+
+
+def test_watcher_prefix_secret_gone_is_forgotten_never_stale(fake: FakeSecretsManager) -> None:
+    fake.create("app/c", "charlie-1")
+    watcher = make_watcher(fake, [], prefix="app/")
+    assert watcher.snapshot.values == {"A": "alpha-1", "B": "bravo-1", "C": "charlie-1"}
+    fake.delete("app/c", force=True)
+    assert watcher.cycle().changed == ["C"]
+    described = fake.calls["DescribeSecret"]
+    assert watcher.cycle().ok
+    assert fake.calls["DescribeSecret"] - described == 2  # app/c is no longer checked
+    fake.clock.advance(MAX_STALE + 1)
+    watcher.cycle()
+    assert not watcher.stale
+
+
+def test_watcher_hint_for_a_new_prefix_secret_loads_it(fake: FakeSecretsManager) -> None:
+    watcher = make_watcher(fake, [], prefix="app/")
+    fake.create("app/new", "november-1")
+    outcome = watcher.cycle(only=["app/new"])
+    assert outcome.changed == ["NEW"]
+    assert watcher.snapshot.values["NEW"] == "november-1"
+    missing = watcher.cycle(only=["app/never-created"])  # an event about a name that is not there
+    assert missing.ok
+    assert "app/never-created" not in {key.secret_id for key in watcher.snapshot.versions}
 
 
 def test_watcher_secret_failing_past_max_stale_is_stale_alone(fake: FakeSecretsManager) -> None:
