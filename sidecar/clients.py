@@ -377,39 +377,48 @@ def verify(directory: str) -> list[str]:
     return problems
 
 
-def prune_botocore_data(directory: str) -> list[str]:
-    """Delete from botocore's data directory every service and API version that the selection
-    at ``directory`` does not hold, and the documentation examples (image builds only: botocore
-    then still works, unchanged, for the selected services). Returns what was removed."""
+def prune_botocore_data(directory: str, data_dir: str | None = None) -> list[str]:
+    """Delete from botocore's data directory (``data_dir``, default the installed botocore's)
+    every service and API version that the selection at ``directory`` does not hold, and the
+    documentation examples: for image builds, where botocore then still loads the selected
+    services from its own data, unchanged. Returns what was removed, relative to ``data_dir``."""
     import shutil
 
-    with open(os.path.join(directory, MANIFEST), encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    builtin = botocore.loaders.Loader.BUILTIN_DATA_PATH
+    manifest = _manifest(directory)
+    if manifest is None:
+        raise LookupError(f"{directory}: no selection for botocore {botocore.__version__}")
+    data_dir = data_dir or botocore.loaders.Loader.BUILTIN_DATA_PATH
     keep = {name: service["api_version"] for name, service in manifest["services"].items()}
     removed = []
-    for entry in sorted(os.listdir(builtin)):
-        path = os.path.join(builtin, entry)
+    for entry in sorted(os.listdir(data_dir)):
+        path = os.path.join(data_dir, entry)
         if not os.path.isdir(path):
             continue  # the shared files stay, endpoints.json whole
         if entry not in keep:
             shutil.rmtree(path)
             removed.append(entry)
             continue
-        for version in os.listdir(path):
+        for version in sorted(os.listdir(path)):
             if version != keep[entry]:
                 shutil.rmtree(os.path.join(path, version))
                 removed.append(os.path.join(entry, version))
         folder = os.path.join(path, keep[entry])
-        for name in os.listdir(folder):
+        for name in sorted(os.listdir(folder)):
             if name.startswith(SKIPPED_TYPES):
                 os.remove(os.path.join(folder, name))
                 removed.append(os.path.join(entry, keep[entry], name))
     return removed
 
 
+USAGE = """usage: python -m sidecar.clients COMMAND [PATH]
+  generate [ROOT]             write the selection for the installed botocore under ROOT
+                              (default: <sys.prefix>/share/ztr) and print its directory
+  verify [DIR]                check a selection (default: the one ztr would use) against botocore
+  prune-botocore-data [DIR]   image builds only: delete botocore's data outside the selection"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sidecar.clients generate [ROOT] | verify [DIR] | prune-botocore-data [DIR]``"""
+    """The command line above; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     command, rest = (args[0], args[1:]) if args else ("", [])
     if command == "generate" and len(rest) <= 1:
@@ -431,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not problems:
             print(f"{directory}: matches botocore {botocore.__version__}")
         return 1 if problems else 0
-    print(main.__doc__, file=sys.stderr)
+    print(USAGE, file=sys.stderr)
     return 64
 
 

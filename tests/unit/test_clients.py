@@ -414,3 +414,37 @@ def test_chain_services_create_from_selection(
         plain = plain_session.create_client(service, region_name="eu-west-1")
         ours = session.create_client(service, region_name="eu-west-1")
         assert ours.meta.endpoint_url == plain.meta.endpoint_url
+
+
+def test_prune_botocore_data_keeps_only_the_selection(root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    builtin = Path(botocore.loaders.Loader.BUILTIN_DATA_PATH)
+    directory = selection(root).directory
+    manifest = json.loads((Path(directory) / clients.MANIFEST).read_text())
+    data = tmp_path / "data"  # a small botocore/data: the selected services and two others
+    for name in [*manifest["services"], "kms", "ssm"]:
+        shutil.copytree(builtin / name, data / name)
+    for path in builtin.glob("*.json"):
+        shutil.copy(path, data / path.name)
+    old_version = data / "sts" / "2000-01-01"
+    shutil.copytree(next((data / "sts").iterdir()), old_version)
+    removed = clients.prune_botocore_data(directory, str(data))
+    assert set(removed) >= {"kms", "ssm", os.path.join("sts", "2000-01-01")}
+    assert {p.name for p in data.iterdir() if p.is_dir()} == set(manifest["services"])
+    assert not list(data.rglob("examples-1.*"))
+    # botocore's own loader still finds everything a client needs there, unchanged.
+    own = botocore.loaders.Loader(extra_search_paths=[str(data)], include_default_search_paths=False)
+    for service, entry in manifest["services"].items():
+        for relative in entry["files"]:
+            assert (data / relative).read_bytes() == (builtin / relative).read_bytes()
+        assert own.load_service_model(service, "service-2")["metadata"]["endpointPrefix"]
+    assert (data / "endpoints.json").read_bytes() == (builtin / "endpoints.json").read_bytes()
+
+
+def test_main_verify_and_usage(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = selection(root).directory
+    assert clients.main(["verify", directory]) == 0
+    assert "matches botocore" in capsys.readouterr().out
+    assert clients.main(["frobnicate"]) == 64
+    assert "usage:" in capsys.readouterr().err
