@@ -14,12 +14,23 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md* ./
 COPY sidecar ./sidecar
-# Runtime dependencies only (boto3, tenacity, prometheus-client), compiled to .pyc here because the
-# running image is read-only and non-root. pip and setuptools leave the venv: nothing installs at run time.
+# Runtime dependencies only (botocore, tenacity, prometheus-client). pip, setuptools and wheel leave
+# the venv: nothing installs at run time. Then botocore's data (models of 400+ services, ~23 MB) is
+# cut to what ztr needs, by ztr itself from the installed botocore: `sidecar.clients generate` writes
+# the selection ztr loads (the models of the services it and botocore's credential chain call, and
+# endpoints.json cut to them) under /opt/ztr/share/ztr, `prune-botocore-data` deletes every other
+# service from botocore/data (the shared files stay whole, so botocore alone still works for the
+# selected services), and `verify` fails the build if the selection does not match botocore.
+# Bytecode: compiled here, because the running image is read-only and non-root; as unchecked-hash
+# .pyc, so imports never stat a source file to validate it (nothing in the image ever changes).
 RUN python3 -m venv /opt/ztr \
  && if [ -n "$WHEELS" ]; then set -- --no-index --find-links "$WHEELS"; fi \
- && /opt/ztr/bin/python3 -m pip install --no-cache-dir "$@" . \
- && /opt/ztr/bin/python3 -m pip uninstall --yes pip setuptools \
+ && /opt/ztr/bin/python3 -m pip install --no-cache-dir --no-compile "$@" . \
+ && /opt/ztr/bin/python3 -m pip uninstall --yes --quiet pip setuptools wheel \
+ && /opt/ztr/bin/python3 -m sidecar.clients generate \
+ && /opt/ztr/bin/python3 -m sidecar.clients prune-botocore-data \
+ && /opt/ztr/bin/python3 -m sidecar.clients verify \
+ && /opt/ztr/bin/python3 -m compileall -f -q -j 0 --invalidation-mode unchecked-hash /opt/ztr/lib \
  && /opt/ztr/bin/ztr --version
 
 FROM ${BASE_IMAGE}

@@ -10,7 +10,7 @@ import time
 from . import harness as h
 from . import report
 
-NAMES = ("startup", "why", "scale", "steady", "rotation")
+NAMES = ("startup", "why", "scale", "steady", "rotation", "footprint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
 
             result = steady.run(cycles=args.cycles or (60 if quick else 200),
                                 heap_cycles=200 if quick else 500)
+        elif name == "footprint":
+            from . import footprint
+
+            result = footprint.run()
         else:
             from . import rotation
 

@@ -27,6 +27,9 @@ PYTHON = str(BIN / "python")
 ZTR = str(BIN / "ztr")
 ZTR_RUN = str(BIN / "ztr-run")
 AWSCLI_VENV = OUT / ".venv-awscli"
+# An empty AWS_DATA_PATH entry: with it set, sidecar.clients leaves a session on botocore's own
+# loader (all of botocore/data), which is how ztr loaded its data before issue 13.
+EMPTY_DATA_PATH = OUT / "empty-data-path"
 REGION = "us-east-1"
 SEED_NAMES = ("database-password", "session-secret", "redis-password", "jwt-secret")
 SEED_ENV_NAMES = ("DATABASE_PASSWORD", "SESSION_SECRET", "REDIS_PASSWORD", "JWT_SECRET")

@@ -14,18 +14,25 @@ from typing import Any
 from . import harness as h
 
 ONCE = "ztr-run --once"
+ONCE_OWN_LOADER = "ztr-run --once, botocore's own loader"
+FLOOR_CLIENT = "floor: ztr's client, one call, exec"
 SUPERVISED = "ztr-run (supervising)"
 SUPERVISED_METRICS = "ztr-run (supervising, metrics on)"
 BOTO3 = "boto3 script"
 AWSCLI = "awscli entrypoint"
 FLOOR = "python -c pass"
-VARIANTS = (ONCE, SUPERVISED, SUPERVISED_METRICS, BOTO3, AWSCLI, FLOOR)
+VARIANTS = (ONCE, ONCE_OWN_LOADER, FLOOR_CLIENT, SUPERVISED, SUPERVISED_METRICS, BOTO3, AWSCLI,
+            FLOOR)
+TARGET_RATIO = 0.80  # issue 13: ztr-run --once at most 0.80x the hand-written boto3 script
+STRETCH_RATIO = 0.75
 CHILD = (h.DATE, "+%s%N")
 
 
 def commands(aws_bin: str) -> dict[str, list[str]]:
     return {
         ONCE: [h.ZTR_RUN, "--once", "--preset", "zero-to-running", "--", *CHILD],
+        ONCE_OWN_LOADER: [h.ZTR_RUN, "--once", "--preset", "zero-to-running", "--", *CHILD],
+        FLOOR_CLIENT: [h.PYTHON, str(h.HANDWRITTEN / "botocore_floor.py"), *CHILD],
         SUPERVISED: [h.ZTR_RUN, "--metrics-addr", "off", "--preset", "zero-to-running", "--", *CHILD],
         SUPERVISED_METRICS: [h.ZTR_RUN, "--metrics-addr", "127.0.0.1:0", "--preset",
                              "zero-to-running", "--", *CHILD],
@@ -33,6 +40,15 @@ def commands(aws_bin: str) -> dict[str, list[str]]:
         AWSCLI: ["/bin/sh", str(h.HANDWRITTEN / "awscli_entrypoint.sh"), *CHILD],
         FLOOR: [h.PYTHON, "-c", "pass"],
     }
+
+
+def variant_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """``env``, and for the own-loader variant an (empty) AWS_DATA_PATH: ztr then leaves the
+    session on botocore's own loader over all of botocore/data, as before issue 13."""
+    if name != ONCE_OWN_LOADER:
+        return env
+    h.EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
+    return {**env, "AWS_DATA_PATH": str(h.EMPTY_DATA_PATH)}
 
 
 def _verify(argv: list[str], env: dict[str, str], name: str) -> None:
@@ -57,15 +73,16 @@ def run(rounds: int = 25, seed: int | None = None) -> dict[str, Any]:
         env = h.env_for(endpoint)
         env["PATH"] = f"{aws_bin}:{env.get('PATH', '/usr/bin:/bin')}"
         argvs = commands(aws_bin)
+        envs = {name: variant_env(name, env) for name in VARIANTS}
         for name in VARIANTS:
-            _verify(argvs[name], env, name)
+            _verify(argvs[name], envs[name], name)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
         order = list(VARIANTS)
         started = time.monotonic()
         for round_no in range(rounds + 1):  # round 0 warms the page cache and is dropped
             rng.shuffle(order)
             for name in order:
-                result = h.run_timed(argvs[name], env)
+                result = h.run_timed(argvs[name], envs[name])
                 if result.code != 0:
                     raise SystemExit(f"bench startup: {name} exited {result.code}:\n"
                                      f"{result.stderr[-2000:]}")
@@ -110,20 +127,23 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = once["ratio_vs_boto3"]
     paired = once["paired_ratio_vs_boto3"]["median"]
     speedup = aws["wall"]["median"] / once["wall"]["median"]
-    return [
-        {
-            # Both ways of taking the ratio must agree: on a shared machine one of them alone
-            # can land under 1.0 by chance.
-            "target": "ztr-run --once at most 1.0x the hand-written boto3 script",
-            "met": ratio <= 1.0 and paired <= 1.0,
+    own = s[ONCE_OWN_LOADER]["wall"]["median"] if ONCE_OWN_LOADER in s else None
+    saved = "" if own is None else f"; botocore's own loader: {own * 1000:.0f} ms"
+    out = []
+    for limit, label in ((TARGET_RATIO, ""), (STRETCH_RATIO, " (stretch)")):
+        # Both ways of taking the ratio must agree: on a shared machine one of them alone can
+        # land under the limit by chance.
+        out.append({
+            "target": f"ztr-run --once at most {limit:.2f}x the hand-written boto3 script{label}",
+            "met": ratio <= limit and paired <= limit,
             "figure": f"{ratio:.2f}x (medians {once['wall']['median'] * 1000:.0f} ms vs "
                       f"{boto3['wall']['median'] * 1000:.0f} ms; median of per-round ratios "
-                      f"{paired:.2f}x)",
-        },
-        {
-            "target": "ztr-run --once at least 7x faster than the awscli entrypoint",
-            "met": speedup >= 7.0,
-            "figure": f"{speedup:.1f}x (medians {aws['wall']['median'] * 1000:.0f} ms vs "
-                      f"{once['wall']['median'] * 1000:.0f} ms)",
-        },
-    ]
+                      f"{paired:.2f}x{saved})",
+        })
+    out.append({
+        "target": "ztr-run --once at least 7x faster than the awscli entrypoint",
+        "met": speedup >= 7.0,
+        "figure": f"{speedup:.1f}x (medians {aws['wall']['median'] * 1000:.0f} ms vs "
+                  f"{once['wall']['median'] * 1000:.0f} ms)",
+    })
+    return out

@@ -23,15 +23,20 @@ WARMUP_CYCLES = 100  # measured from here: first-cycle imports and allocator war
 WATCH = "ztr watch"
 RUN = "ztr-run -- sleep (supervising)"
 BARE = "bare boto3 loop"
-VARIANTS = (WATCH, RUN, BARE)
+WATCH_OWN = "ztr watch, botocore's own loader"
+RUN_OWN = "ztr-run -- sleep, botocore's own loader"
+VARIANTS = (WATCH, RUN, BARE, WATCH_OWN, RUN_OWN)
+OWN_LOADER = {WATCH_OWN: WATCH, RUN_OWN: RUN}  # the same process on all of botocore/data
+RSS_LIMIT_MIB = 36.0  # issue 13, metrics on, after 200 cycles (stretch 32)
+RSS_STRETCH_MIB = 32.0
 
 
 def _argv(variant: str, output: str) -> list[str]:
     common = ["--preset", "zero-to-running", "--refresh-interval", INTERVAL,
               "--metrics-addr", "127.0.0.1:0"]
-    if variant == WATCH:
+    if variant in (WATCH, WATCH_OWN):
         return [h.ZTR, "watch", *common, "--output", output]
-    if variant == RUN:
+    if variant in (RUN, RUN_OWN):
         return [h.ZTR_RUN, *common, "--", "sleep", "3600"]
     return [h.PYTHON, str(h.HANDWRITTEN / "boto3_describe_loop.py"), str(INTERVAL_SECONDS)]
 
@@ -142,8 +147,12 @@ def run(cycles: int = 200, every: int = 20, heap_cycles: int = 500) -> dict[str,
         with h.fault_proxy(endpoint) as proxy:
             env = h.env_for(proxy.url)
             for variant in VARIANTS:
-                results[variant] = _measure(variant, env, proxy, str(tmp / "watch.env"), cycles,
-                                            every)
+                own = {}
+                if variant in OWN_LOADER:  # an AWS_DATA_PATH keeps botocore's own loader
+                    h.EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
+                    own = {"AWS_DATA_PATH": str(h.EMPTY_DATA_PATH)}
+                results[variant] = _measure(variant, {**env, **own}, proxy, str(tmp / "watch.env"),
+                                            cycles, every)
         heap_result = heap(endpoint, heap_cycles // 2, heap_cycles)
         heap_result["bare"] = heap(endpoint, heap_cycles // 2, heap_cycles, mode="bare")
     loads.append(h.loadavg())
@@ -185,13 +194,18 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         })
     for variant in (WATCH, RUN):
         r = s[variant]
-        out.append({
-            "target": f"{variant}: RSS at most 45 MiB",
-            "met": r["rss_peak_mib"] <= 45.0,
-            "figure": f"peak {r['rss_peak_mib']:.1f} MiB, steady {r['rss_steady_mib']:.1f} MiB "
-                      f"(bare boto3 loop: peak {bare['rss_peak_mib']:.1f}, steady "
-                      f"{bare['rss_steady_mib']:.1f})",
-        })
+        own = next((s[o] for o, v in OWN_LOADER.items() if v == variant and o in s), None)
+        saved = "" if own is None else (
+            f"; botocore's own loader: peak {own['rss_peak_mib']:.1f}, so the selection saves "
+            f"{own['rss_peak_mib'] - r['rss_peak_mib']:.1f} MiB")
+        for limit, label in ((RSS_LIMIT_MIB, ""), (RSS_STRETCH_MIB, " (stretch)")):
+            out.append({
+                "target": f"{variant}: RSS at most {limit:.0f} MiB, metrics on{label}",
+                "met": r["rss_peak_mib"] <= limit,
+                "figure": f"peak {r['rss_peak_mib']:.1f} MiB, steady {r['rss_steady_mib']:.1f} MiB "
+                          f"(bare boto3 loop: peak {bare['rss_peak_mib']:.1f}, steady "
+                          f"{bare['rss_steady_mib']:.1f}{saved})",
+            })
         out.append({
             "target": f"{variant}: no RSS growth (plateau: at most {GROWTH_LIMIT_KIB} KiB over "
                       "the second half of the measured cycles)",

@@ -21,6 +21,7 @@ BUILD=${IMAGE_BUILD_DIR:-$REPO/.image-build}
 VENV=${VENV:-.venv}
 BASE_IMAGE=localhost/debian-python:bookworm
 IMAGE=localhost/ztr:test
+SIZE_LIMIT=10000000 # bytes the image may add above its base (issue 13: 10 MB)
 SUFFIX=$$
 STARTED=$SECONDS
 FAILURES=0
@@ -192,6 +193,24 @@ else
   fail "final stage: $(echo "$contents" | tr '\n' ';')"
 fi
 
+step "image size: what the ztr image adds above its base (at most $((SIZE_LIMIT / 1000000)) MB)"
+base_bytes=$(podman image inspect --format '{{.Size}}' "$BASE_IMAGE")
+image_bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE")
+added=$((image_bytes - base_bytes))
+# Where the added bytes go (apparent sizes, KiB): the biggest packages, the selection, botocore/data.
+podman run --rm --network none --entrypoint /bin/sh "$IMAGE" -c '
+  cd /opt/ztr/lib/python3*/site-packages || exit
+  du -s --apparent-size --block-size=1K -- * | sort -rn | head -n 8
+  du -s --apparent-size --block-size=1K botocore/data /opt/ztr/share/ztr /opt/ztr' 2>&1 |
+  awk '{printf "   %7d KiB  %s\n", $1, $2}' || true
+info "$BASE_IMAGE: $base_bytes bytes; $IMAGE: $image_bytes bytes"
+added_mb=$(awk -v b="$added" 'BEGIN {printf "%.2f MB (%.2f MiB)", b / 1e6, b / 1048576}')
+if [ "$added" -le "$SIZE_LIMIT" ]; then
+  pass "image size: the ztr image adds $added_mb ($added bytes) above its base"
+else
+  fail "image size: the ztr image adds $added_mb ($added bytes) above its base, over $SIZE_LIMIT bytes"
+fi
+
 # ---------------------------------------------------------------------------------------------
 step "moto server on 127.0.0.1 and secrets"
 port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -217,11 +236,14 @@ sm = boto3.client("secretsmanager", endpoint_url=os.environ["ENDPOINT"], region_
 sm.create_secret(Name="ztr-image-test/db",
                  SecretString=json.dumps({"username": "app", "password": os.environ["VALUE"]}))
 sm.create_secret(Name="ztr-image-test/api-key", SecretString="k-123")
+for name in ("database-password", "session-secret", "redis-password", "jwt-secret"):
+    sm.create_secret(Name=f"production/zero-to-running/{name}", SecretString=f"image-{name}")
 EOF
-info "seeded ztr-image-test/db (JSON) and ztr-image-test/api-key"
+info "seeded ztr-image-test/db (JSON), ztr-image-test/api-key and the zero-to-running preset's four"
 
 AWS_ENV=(-e AWS_ACCESS_KEY_ID=testing -e AWS_SECRET_ACCESS_KEY=testing -e AWS_REGION=us-east-1
-  -e "AWS_ENDPOINT_URL_SECRETS_MANAGER=$ENDPOINT" -e AWS_EC2_METADATA_DISABLED=true
+  -e "AWS_ENDPOINT_URL_SECRETS_MANAGER=$ENDPOINT" -e "AWS_ENDPOINT_URL_STS=$ENDPOINT"
+  -e AWS_EC2_METADATA_DISABLED=true
   -e ZTR_METRICS_ADDR=127.0.0.1:0)
 SECRETS_ENV=(-e "DB_PASSWORD=sm://ztr-image-test/db#password" -e "API_KEY=sm://ztr-image-test/api-key")
 RUN=(podman run --rm --network host --read-only "${AWS_ENV[@]}")
@@ -317,6 +339,120 @@ if [ "$code" = 69 ] && [ "$(printf '%s\n' "$out" | wc -l)" = 1 ] && [ $((SECONDS
 else
   fail "5. wait-and-source timeout: exit $code, output $(printf %q "$out")"
 fi
+
+# ---------------------------------------------------------------------------------------------
+step "6. the botocore data selection: built from the image's botocore, the only data ztr loads"
+out=$("${RUN[@]}" -e "AWS_ENDPOINT_URL=$ENDPOINT" --entrypoint /opt/ztr/bin/python3 "$IMAGE" -c '
+import json, os
+import botocore.loaders
+from sidecar import clients
+loader = clients.selection_loader()
+assert loader is not None, "no selection: ztr would load all of botocore/data"
+assert loader.directory.startswith("/opt/ztr/share/ztr/"), loader.directory
+problems = clients.verify(loader.directory)
+assert not problems, problems
+data = botocore.loaders.Loader.BUILTIN_DATA_PATH
+kept = sorted(d for d in os.listdir(data) if os.path.isdir(os.path.join(data, d)))
+assert kept == sorted(loader.services), kept
+session = clients.new_session()
+assert session.get_component("data_loader") is loader
+calls = {"secretsmanager": lambda c: len(c.list_secrets()["SecretList"]),
+         "sts": lambda c: c.get_caller_identity()["Account"],
+         "sqs": lambda c: c.create_queue(QueueName="ztr-image")["QueueUrl"].rsplit("/", 1)[1],
+         "sns": lambda c: c.create_topic(Name="ztr-image")["TopicArn"].rsplit(":", 1)[1]}
+got = {name: call(clients.create_client(name, region="us-east-1", session=session))
+       for name, call in calls.items()}
+print(json.dumps({"services": kept, "calls": got}, sort_keys=True))' 2>&1) || true
+if printf '%s' "$out" | grep -q '"calls": {"secretsmanager": 6, "sns": "ztr-image", "sqs": "ztr-image", "sts": "123456789012"}'; then
+  pass "6. selection: verified against botocore; botocore/data holds only its services; secretsmanager, sts, sqs, sns clients call moto from it"
+  info "$out"
+else
+  fail "6. selection: $(printf '%s' "$out" | tail -n 5 | tr '\n' ' ')"
+fi
+
+step "7. every command against moto with the pruned data: check, iam-policy, plan, run --once, watch"
+SECRET_FLAGS=(--secret DB_PASSWORD=ztr-image-test/db#password --secret API_KEY=ztr-image-test/api-key)
+out=$("${RUN[@]}" "$IMAGE" check --format json "${SECRET_FLAGS[@]}" 2>"$BUILD/step7.err") && code=0 || code=$?
+if [ "$code" = 0 ] && printf '%s' "$out" | grep -q '"arn": "arn:aws:sts::123456789012:' &&
+  [ "$(printf '%s' "$out" | grep -c '"result": "ok"')" = 2 ]; then
+  pass "7. check: both secrets ok, identity from STS"
+else
+  fail "7. check: exit $code, $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300) $(tail -n 2 "$BUILD/step7.err" | tr '\n' ' ')"
+fi
+out=$("${RUN[@]}" "$IMAGE" iam-policy "${SECRET_FLAGS[@]}" 2>"$BUILD/step7.err") && code=0 || code=$?
+if [ "$code" = 0 ] && printf '%s' "$out" | grep -q 'arn:aws:secretsmanager:us-east-1:123456789012:secret:ztr-image-test/db-'; then
+  pass "7. iam-policy: the secrets' ARNs, account from STS"
+else
+  fail "7. iam-policy: exit $code, $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300) $(tail -n 2 "$BUILD/step7.err" | tr '\n' ' ')"
+fi
+out=$("${RUN[@]}" "$IMAGE" plan --pods 100 --format json 2>"$BUILD/step7.err") && code=0 || code=$?
+if [ "$code" = 0 ] && printf '%s' "$out" | grep -q '"pods": 100'; then
+  pass "7. plan: a fleet of 100 pods"
+else
+  fail "7. plan: exit $code, $(printf '%s' "$out" | tr '\n' ' ' | cut -c1-300) $(tail -n 2 "$BUILD/step7.err" | tr '\n' ' ')"
+fi
+out=$("${RUN[@]}" "$IMAGE" run --once "${SECRET_FLAGS[@]}" -- \
+  sh -c 'printf "%s|%s|%s" "$(cat /proc/1/comm)" "$API_KEY" "$DB_PASSWORD"' 2>"$BUILD/step7.err") || true
+if [ "$out" = "sh|k-123|$VALUE" ]; then
+  pass "7. run --once: the app replaced ztr (PID 1 is sh) with both secrets"
+else
+  fail "7. run --once: got $(printf %q "$out"); stderr: $(tail -n 2 "$BUILD/step7.err" | tr '\n' ' ')"
+fi
+out=$("${RUN[@]}" --tmpfs /run/ztr:rw,size=1m,mode=1777 --entrypoint /bin/sh "$IMAGE" -c '
+  ztr watch --secret API_KEY=ztr-image-test/api-key --output /run/ztr/env 2>/dev/null &
+  for _ in $(seq 100); do [ -s /run/ztr/env ] && break; sleep 0.1; done
+  kill -TERM $! && wait $!
+  echo "exit $?"; cat /run/ztr/env' 2>&1) || true
+if [ "$out" = "exit 0"$'\n'"export API_KEY='k-123'" ]; then
+  pass "7. watch: wrote the env file, then stopped on TERM with exit 0"
+else
+  fail "7. watch: got $(printf %q "$out")"
+fi
+
+step "8. time to exec in the image: ztr-run --once against a hand-written boto3 script (interleaved)"
+# The boto3 script gets boto3 and a whole botocore (every model) from this venv, mounted read-only:
+# what a user's image with boto3 would hold; like boto3 users it names its region in
+# AWS_DEFAULT_REGION. The figures are informative (the machine is shared).
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+rounds=${IMAGE_TIMING_ROUNDS:-15}
+"${RUN[@]}" -e AWS_DEFAULT_REGION=us-east-1 -v "$site:/bench/site:ro" \
+  -v "$REPO/bench/handwritten:/bench/handwritten:ro" --entrypoint /bin/sh "$IMAGE" -c '
+  ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+  for round in $(seq "$1"); do
+    for variant in ztr boto3; do
+      if [ $((round % 2)) = 0 ]; then variant=$([ "$variant" = ztr ] && echo boto3 || echo ztr); fi
+      started=$(date +%s%N)
+      if [ "$variant" = ztr ]; then
+        ztr-run --once --preset zero-to-running -- /bin/true 2>/dev/null
+      else
+        PYTHONPATH=/bench/site python3 /bench/handwritten/boto3_entrypoint.py /bin/true 2>/dev/null
+      fi || echo "failed $variant"
+      echo "$round $variant $(ms "$started")"
+    done
+  done' sh "$rounds" >"$BUILD/timing.txt" 2>&1 || true
+timing=$("$PY" - "$BUILD/timing.txt" <<'EOF'
+import statistics, sys
+text = open(sys.argv[1]).read()
+rows = [line.split() for line in text.splitlines() if len(line.split()) == 3]
+if "failed" in text or not rows:
+    print("failed: " + text[-300:].replace("\n", " "))
+    sys.exit()
+rounds = {}
+for round_no, variant, ms in rows:
+    if round_no != "1":  # the first round warms the page cache
+        rounds.setdefault(round_no, {})[variant] = int(ms)
+both = [r for r in rounds.values() if len(r) == 2]
+ztr = statistics.median(r["ztr"] for r in both)
+boto3 = statistics.median(r["boto3"] for r in both)
+paired = statistics.median(r["ztr"] / r["boto3"] for r in both)
+print(f"ztr-run --once {ztr:.0f} ms, boto3 script {boto3:.0f} ms (medians of {len(both)} rounds): "
+      f"{ztr / boto3:.2f}x; median of per-round ratios {paired:.2f}x")
+EOF
+)
+case "$timing" in
+  failed*) fail "8. timing: $timing" ;;
+  *) pass "8. timing: $timing" ;;
+esac
 
 # ---------------------------------------------------------------------------------------------
 step "summary"
