@@ -680,9 +680,10 @@ def make_clients(region: str, *, topic_arn: str | None = None, endpoint_url: str
     poll; botocore's own retries stay small, since the stream retries patiently itself.
     ``record(operation, result)`` sees every HTTP attempt (what AWS bills)."""
     import botocore.config
-    import botocore.session
 
-    session = botocore.session.get_session()
+    from . import clients
+
+    session = clients.new_session()  # one session: SQS and SNS share its credentials
 
     def config(where: str, read_timeout: float) -> botocore.config.Config:
         return botocore.config.Config(region_name=where, connect_timeout=3.0, read_timeout=read_timeout,

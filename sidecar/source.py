@@ -179,10 +179,10 @@ def make_client(region: str, endpoint_url: str | None, timeout_seconds: float) -
 
 
 def _create_client(service: str, endpoint_url: str | None, config: Any) -> Any:
-    import botocore.session
+    from . import clients  # botocore's session on a selection of its data: start-up cost
 
-    return botocore.session.get_session().create_client(service, endpoint_url=endpoint_url,
-                                                        config=config)
+    return clients.create_client(service, region=config.region_name, endpoint_url=endpoint_url,
+                                 config=config)
 
 
 def attempt_recorder(record: CallRecorder) -> Callable[..., None]:
@@ -232,10 +232,10 @@ def _status(exc: BaseException) -> int:
 def partition(region: str) -> str:
     """The ARN partition of ``region`` (aws, aws-cn, aws-us-gov, ...), from botocore's own
     partition data; ``aws`` when botocore does not know the region."""
-    import botocore.session
+    from . import clients
 
     try:
-        return str(botocore.session.get_session().get_partition_for_region(region))
+        return str(clients.new_session().get_partition_for_region(region))
     except Exception:  # noqa: BLE001 - an unknown region is most likely a new commercial one
         return "aws"
 

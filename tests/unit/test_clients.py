@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from sidecar import clients
 from sidecar.errors import SecretNotFoundError
+from sidecar.refs import FetchKey
 from sidecar.source import SecretsManagerSource
 
 REGION = "us-east-1"
@@ -304,7 +305,7 @@ def test_create_client_keeps_config_and_translates_errors(moto_env: str, root: P
     assert isinstance(caught.value, client.exceptions.ResourceNotFoundException)
     source = SecretsManagerSource(client, region=REGION)
     with pytest.raises(SecretNotFoundError):
-        source.get_one(("missing", None, None))
+        source.get_one(FetchKey("missing"))
 
 
 # -- the credential chain ---------------------------------------------------------------------
