@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from . import events, refs
+from . import refs
 from .errors import ConfigError
 
 COMMANDS = ("init", "watch", "run", "check", "iam-policy", "demo", "plan")
@@ -203,10 +203,14 @@ def parse_url(raw: Any, where: str) -> str:
 
 
 def parse_topic_arn(raw: Any, where: str) -> str:
+    from . import events  # only when events are configured: off the start-up path otherwise
+
     return events.validate_topic_arn(parse_text(raw, where), where)
 
 
 def parse_queue_url(raw: Any, where: str) -> str:
+    from . import events
+
     return events.validate_queue_url(parse_text(raw, where), where)
 
 

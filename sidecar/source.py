@@ -8,7 +8,6 @@ leaves this module.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -343,6 +342,8 @@ class SecretsManagerSource:
             names = self.list_names(parent + "/" if parent else "", limit=200)
         except Exception:  # noqa: BLE001 - a hint must never mask the real error
             return ": check the name and the environment prefix"
+        import difflib  # only for an error that is being reported
+
         # Compare what follows the shared prefix: "prod/db" vs "prod/tok" share most letters.
         start = len(parent) + 1 if parent else 0
         by_rest = {name[start:]: name for name in names}
