@@ -1,5 +1,5 @@
 """``python -m bench [BENCHMARK ...] [--quick]``: run benchmarks, save bench/out/NAME.json, and
-rewrite bench/RESULTS.md from every saved result. With no name, runs them all (~8 minutes)."""
+rewrite bench/RESULTS.md from every saved result. With no name, runs them all (~12 minutes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from . import harness as h
 from . import report
 
-NAMES = ("startup", "why", "scale", "steady", "rotation", "footprint")
+NAMES = ("startup", "why", "scale", "steady", "rotation", "footprint", "events")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import footprint
 
             result = footprint.run()
+        elif name == "events":
+            from . import events
+
+            result = events.run(rotations=20, window=60.0 if quick else 90.0)
         else:
             from . import rotation
 

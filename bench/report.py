@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import footprint, rotation, scale, startup, steady
+from . import events, footprint, rotation, scale, startup, steady
 from . import harness as h
 
 RESULTS = h.BENCH / "RESULTS.md"
@@ -18,13 +18,14 @@ DEFAULT_HEADER = """# ztr benchmarks: results
 (Hand-written header: describe the machine and the conditions of the run here.)
 """
 MODULES = {"startup": startup, "scale": scale, "steady": steady, "rotation": rotation,
-           "footprint": footprint}
+           "footprint": footprint, "events": events}
 TITLES = {
     "startup": "1. Time to exec with the seed's four secrets",
     "scale": "2. Scale: N secrets through a 20 ms proxy",
     "steady": "3. Steady state: memory and CPU per refresh cycle",
     "rotation": "4. Rotation latency",
     "footprint": "5. Footprint: where the start-up and the resident memory go",
+    "events": "6. Push rotation: event to app and file, API calls per pod-month",
 }
 
 
@@ -244,8 +245,13 @@ def render_footprint(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_events(r: dict[str, Any]) -> list[str]:
+    body = events.markdown(r).splitlines()
+    return body[2:] if body and body[0].startswith("## ") else body  # the section has its title
+
+
 RENDER = {"startup": render_startup, "scale": render_scale, "steady": render_steady,
-          "rotation": render_rotation, "footprint": render_footprint}
+          "rotation": render_rotation, "footprint": render_footprint, "events": render_events}
 
 
 def render() -> Path:
