@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pytest
 
-pytest_plugins = ("tests.helpers.faultproxy", "tests.helpers.canary")
+pytest_plugins = ("tests.helpers.faultproxy", "tests.helpers.canary", "tests.helpers.records")
 
 SCRUBBED_PREFIXES = ("ZTR_", "AWS_")
 SCRUBBED = ("USE_AWS_SECRETS", "NODE_ENV")

@@ -35,6 +35,7 @@ from sidecar.eventstream import (
 )
 from tests.conftest import FAKE_CREDENTIALS, REGION
 from tests.helpers.faultproxy import FaultProxy, wait_for
+from tests.helpers.records import Records
 
 ACCOUNT = "123456789012"  # moto's default account
 
@@ -295,31 +296,11 @@ def test_events_moto_sigkilled_owner_queue_swept_by_another_process(
 # -- failures ----------------------------------------------------------------------------------
 
 
-class Records(logging.Handler):
-    """ztr's log records, seen directly (its logger may not propagate to pytest's)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def ztr_log() -> Iterator[Records]:
-    handler = Records()
-    logger = logging.getLogger("ztr")
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_events_moto_sqs_down_at_start_then_mid_run_warns_and_recovers(
-        start: Starter, fault_proxy: FaultProxy, sqs: Any, sns: Any, topic: str, ztr_log: Records) -> None:
+        start: Starter, fault_proxy: FaultProxy, sqs: Any, sns: Any, topic: str,
+        ztr_records: Records) -> None:
     fault_proxy.set_down(True)
     stream, recorder = start(topic_arn=topic, sqs_endpoint=fault_proxy.url, wait_up=False, wait_seconds=1)
     assert wait_for(lambda: len(recorder.errors) >= 2)
@@ -338,10 +319,10 @@ def test_events_moto_sqs_down_at_start_then_mid_run_warns_and_recovers(
     assert wait_for(lambda: stream.up, timeout=10)
     assert wait_for(lambda: len(recorder.hints) == 2, timeout=10)
     assert recorder.states == [False, True, False, True]
-    warnings = [r.getMessage() for r in ztr_log.records if r.levelno == logging.WARNING]
+    warnings = ztr_records.at(logging.WARNING)
     assert len(warnings) == 2, warnings  # one per outage, however many retries
     assert ("ReceiveMessage", "network_error") in recorder.calls
-    assert all("before" not in str(r.__dict__) for r in ztr_log.records)  # no body in any record
+    assert all("before" not in str(r.__dict__) for r in ztr_records.records)  # no body in any record
 
 
 def test_events_moto_topic_created_after_start_is_picked_up(

@@ -31,6 +31,7 @@ from sidecar.eventstream import (
     queue_name_prefix,
 )
 from tests.helpers.faultproxy import wait_for
+from tests.helpers.records import Records
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -267,28 +268,6 @@ class WallClock:
         return self.now
 
 
-class Warnings(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def at(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-@pytest.fixture
-def log() -> Iterator[Warnings]:
-    handler = Warnings()
-    logger = logging.getLogger("ztr")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
 
 
 @pytest.fixture
@@ -445,7 +424,7 @@ def test_stream_given_queue_only_read_never_created_nor_deleted(aws: tuple[FakeS
 
 
 def test_stream_unreachable_at_start_warns_once_counts_each_and_recovers(
-        aws: tuple[FakeSQS, FakeSNS], log: Warnings) -> None:
+        aws: tuple[FakeSQS, FakeSNS], ztr_records: Records) -> None:
     sqs, sns = aws
     down = EndpointConnectionError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
     sqs.faults.add("CreateQueue", down, down, client_error("ThrottlingException", "CreateQueue"))
@@ -457,7 +436,7 @@ def test_stream_unreachable_at_start_warns_once_counts_each_and_recovers(
         assert recorder.errors == [("CreateQueue", "EndpointConnectionError")] * 2 + [
             ("CreateQueue", "ThrottlingException")]
         assert recorder.states == [False, True]
-        assert len(log.at(logging.WARNING)) == 1
+        assert len(ztr_records.at(logging.WARNING)) == 1
         assert len(sqs.queues) == 1  # the retries reused the name: no second queue
     finally:
         stream.close()
@@ -478,7 +457,8 @@ def test_stream_topic_missing_then_created_is_retried(aws: tuple[FakeSQS, FakeSN
         stream.close()
 
 
-def test_stream_receive_failing_mid_run_warns_again_after_recovery(running: Any, log: Warnings) -> None:
+def test_stream_receive_failing_mid_run_warns_again_after_recovery(
+        running: Any, ztr_records: Records) -> None:
     _stream, recorder, sqs, _sns = running
     sqs.faults.add("ReceiveMessage", client_error("InternalError", "ReceiveMessage", 500))
     sqs.send(own_queue(sqs), native("wake"))  # end the long poll in flight
@@ -486,7 +466,7 @@ def test_stream_receive_failing_mid_run_warns_again_after_recovery(running: Any,
     sqs.faults.add("ReceiveMessage", client_error("AccessDenied", "ReceiveMessage", 403))
     sqs.send(own_queue(sqs), native("wake-2"))
     assert wait_for(lambda: recorder.states == [True, False, True, False, True])
-    assert len(log.at(logging.WARNING)) == 2  # one per outage
+    assert len(ztr_records.at(logging.WARNING)) == 2  # one per outage
     assert ("ReceiveMessage", "AccessDenied") in recorder.errors
 
 
@@ -520,7 +500,7 @@ def test_stream_failed_deletes_are_counted_and_redelivery_is_a_duplicate(running
 
 
 def test_stream_raising_callback_is_logged_and_stream_goes_on(
-        aws: tuple[FakeSQS, FakeSNS], log: Warnings) -> None:
+        aws: tuple[FakeSQS, FakeSNS], ztr_records: Records) -> None:
     sqs, sns = aws
     seen: list[str] = []
 
@@ -536,21 +516,21 @@ def test_stream_raising_callback_is_logged_and_stream_goes_on(
         sns.publish(native("e-1"))
         sns.publish(native("e-2"))
         assert wait_for(lambda: seen == ["e-1", "e-2"])
-        assert any("callback raised" in m for m in log.at(logging.ERROR))
+        assert any("callback raised" in m for m in ztr_records.at(logging.ERROR))
         assert stream.up
     finally:
         stream.close()
 
 
 def test_stream_close_that_cannot_unsubscribe_keeps_queue_for_the_sweep(
-        running: Any, log: Warnings) -> None:
+        running: Any, ztr_records: Records) -> None:
     stream, recorder, sqs, sns = running
     sns.faults.add("Unsubscribe", client_error("Throttling", "Unsubscribe", 400))
     stream.close()
     assert len(sqs.queues) == 1
     assert len(sns.subscriptions) == 1
     assert ("Unsubscribe", "Throttling") in recorder.errors
-    assert any("removes it once its heartbeat is stale" in m for m in log.at(logging.WARNING))
+    assert any("removes it once its heartbeat is stale" in m for m in ztr_records.at(logging.WARNING))
 
 
 def test_stream_close_from_a_callback_does_not_deadlock(aws: tuple[FakeSQS, FakeSNS]) -> None:
@@ -688,7 +668,8 @@ def test_stream_keeper_heartbeats_and_sweeps_periodically(aws: tuple[FakeSQS, Fa
         stream.close()
 
 
-def test_stream_keeper_failures_counted_and_warned_once(aws: tuple[FakeSQS, FakeSNS], log: Warnings) -> None:
+def test_stream_keeper_failures_counted_and_warned_once(
+        aws: tuple[FakeSQS, FakeSNS], ztr_records: Records) -> None:
     sqs, sns = aws
     sqs.faults.add("ListQueues", *[client_error("AccessDenied", "ListQueues", 403)] * 5)
     recorder = Recorder()
@@ -697,7 +678,7 @@ def test_stream_keeper_failures_counted_and_warned_once(aws: tuple[FakeSQS, Fake
     try:
         assert wait_for(lambda: recorder.errors.count(("ListQueues", "AccessDenied")) == 5)
         assert wait_for(lambda: sqs.calls.count("ListQueues") > 6)  # recovered
-        assert sum("sweep failed" in m for m in log.at(logging.WARNING)) == 1
+        assert sum("sweep failed" in m for m in ztr_records.at(logging.WARNING)) == 1
         assert stream.up  # the sweep is housekeeping: the stream stays up
     finally:
         stream.close()
