@@ -162,6 +162,8 @@ class AppReaction:
         return None
 
     def _verify(self, env: dict[str, str], changed: list[str]) -> bool:
+        # On the watcher's thread, by design: a check or a reaction must not overtake a
+        # verification in flight. It is bounded by --timeout (run_aside kills it then).
         assert self.verify is not None
         code = self.supervisor.run_aside(["/bin/sh", "-c", self.verify], env,
                                          timeout=self.verify_timeout)
