@@ -539,9 +539,11 @@ class EventStream:
             wait = self.wait_seconds if self._up else 0
             self._receiving = True
             try:
+                # AttributeNames, not MessageSystemAttributeNames: botocore's models before
+                # ~1.34.90 lack the newer name, and SQS keeps the old one for compatibility.
                 response = _call("ReceiveMessage", self.sqs.receive_message, QueueUrl=url,
                                  MaxNumberOfMessages=RECEIVE_BATCH, WaitTimeSeconds=wait,
-                                 MessageSystemAttributeNames=["SentTimestamp"])
+                                 AttributeNames=["SentTimestamp"])
             finally:
                 self._receiving = False
             if self._stop.is_set():

@@ -166,6 +166,8 @@ def test_watch_events_unreachable_sqs_keeps_loading_and_polling(
         status, body = http(proc.metrics_addr() + "/refresh", method="POST", timeout=30)
         assert status == 200, body
         assert json.loads(out.read_text()) == {"DB": "v2"}
+        proc.wait_until(lambda: any(e.get("level") == "warning" for e in proc.logs()), timeout=15,
+                        what="the event stream's warning")
         warnings = [e for e in proc.logs() if e.get("level") == "warning"]
         assert 1 <= len(warnings) <= 3, warnings  # one per outage, not one per retry
     finally:
