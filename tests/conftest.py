@@ -25,9 +25,9 @@ FAKE_CREDENTIALS = {
 }
 
 
-# Tests that start real processes (ztr, apps, shells, moto-backed CLIs): `make test-fast` leaves
+# Tests that start real processes (ztr, apps, shells, cfn-lint, kubectl): `make test-fast` leaves
 # them out for the inner loop; `make test` runs everything.
-_PROCESS_DIRS = ("integration", "reliability", "image")
+_PROCESS_DIRS = ("integration", "reliability", "image", "manifests")  # manifests: cfn-lint, kubectl
 _PROCESS_FILES = ("test_supervisor.py", "test_entrypoint.py", "test_readers.py")
 
 
