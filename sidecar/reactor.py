@@ -7,7 +7,6 @@ The watcher thread drives it: ``notice`` after each change, ``due_at`` to know w
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import logs
 from .errors import EXIT_TEMPFAIL, ZtrError
+from .signals import name as signal_name
 
 if TYPE_CHECKING:
     from .config import OnChange
@@ -234,16 +234,8 @@ class Notifier:
             self._failed("signal")
             logs.warning("Could not notify", pid=pid, error=type(exc).__name__)
             return
-        logs.info("Notified", pid=pid, signal=_signal_name(self.signum), changed=changed)
+        logs.info("Notified", pid=pid, signal=signal_name(self.signum), changed=changed)
 
     def _failed(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.reaction_failures_total.labels(f"notify_{reason}").inc()
-
-
-def _signal_name(signum: int) -> str:
-    import signal
-
-    with contextlib.suppress(ValueError):
-        return signal.Signals(signum).name
-    return str(signum)

@@ -133,7 +133,7 @@ class Runtime:
             else:
                 logs.warning("Refresh failed; keeping the last good values", error=outcome.error,
                              exit_code=outcome.exit_code, failed=sorted(outcome.failed),
-                             consecutive_failures=watcher.failures)
+                             consecutive_failures=watcher.failures, stale=watcher.stale_secrets())
 
         def watcher_exited() -> None:
             if on_exit is not None and not self.stop.is_set():

@@ -101,10 +101,6 @@ class SignalInbox:
                 select.select([self._read_fd], [], [], timeout)
         return self.take()
 
-    def pending_stop(self) -> int | None:
-        """A SIGTERM or SIGINT already received and not yet taken, without taking anything."""
-        return next((signum for signum in self._received if signum in STOPPING), None)
-
 
 def name(signum: int) -> str:
     try:

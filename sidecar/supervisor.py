@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
 from .signals import JOB_CONTROL, STOPPING, SignalInbox
+from .signals import name as signal_name
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_DUMPABLE = 4
@@ -316,7 +317,7 @@ class Supervisor:
                          "nothing was started")
                 return 128 + signum
             if signum != signal.SIGCHLD:
-                self.log(f"Signal {_name(signum)} received before the app started: not forwarded")
+                self.log(f"Signal {signal_name(signum)} received before the app started: not forwarded")
         return None
 
     def _in_app_directory(self, start: Callable[[], int]) -> int:
@@ -485,7 +486,7 @@ class Supervisor:
         """The app stopped. Reading or writing a terminal it does not own (SIGTTIN/SIGTTOU) is
         the hang to avoid: give it the terminal and continue it. A deliberate SIGSTOP/SIGTSTP
         stands; a SIGTERM later continues it so that it can act on it."""
-        self.log(f"The app stopped ({_name(signum)})")
+        self.log(f"The app stopped ({signal_name(signum)})")
         self._child_stopped_by = signum
         if signum in (signal.SIGTTIN, signal.SIGTTOU):
             tty = _foreground_tty(require_ours=False)
@@ -525,13 +526,6 @@ class Supervisor:
         if reason == "react" and isinstance(pending, Exit):
             return pending.code
         return code
-
-
-def _name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"SIG{signum}"
 
 
 def _foreground_tty(*, require_ours: bool = True) -> int | None:
