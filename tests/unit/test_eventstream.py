@@ -432,10 +432,11 @@ def test_stream_unreachable_at_start_warns_once_counts_each_and_recovers(
     stream = make_stream(sqs, sns, recorder)
     stream.start()
     try:
-        assert wait_for(lambda: stream.up)
+        # The state hook runs after ``up`` turns true: wait for the hook, the last step.
+        assert wait_for(lambda: recorder.states == [False, True]), recorder.states
+        assert stream.up
         assert recorder.errors == [("CreateQueue", "EndpointConnectionError")] * 2 + [
             ("CreateQueue", "ThrottlingException")]
-        assert recorder.states == [False, True]
         assert len(ztr_records.at(logging.WARNING)) == 1
         assert len(sqs.queues) == 1  # the retries reused the name: no second queue
     finally:
