@@ -9,9 +9,8 @@ import os
 import re
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import refs
 from .errors import ConfigError
@@ -154,8 +153,8 @@ def parse_addr(raw: Any, where: str) -> tuple[str, int] | None:
     return (host or "0.0.0.0", int(port))
 
 
-@dataclass(frozen=True)
-class OnChange:
+# The records here are NamedTuples, not dataclasses, for import speed (see refs.FetchKey).
+class OnChange(NamedTuple):
     action: str
     signal: signal.Signals | None = None
 
@@ -245,8 +244,7 @@ def _parse_list(raw: Any, where: str) -> tuple[str, ...]:
 _UNSET: Any = object()  # "not given", as opposed to a value that parses to None
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One configurable value: its flag, its ZTR_* variable and its TOML key come from ``key``."""
 
     key: str
@@ -262,17 +260,16 @@ class Setting:
     fallback_env: tuple[str, ...] = ()  # ecosystem variables consulted after ztr's own sources
     attr: str = ""  # the Config attribute; durations carry their unit: timeout_seconds
 
-    def __post_init__(self) -> None:
-        if not self.flag:
-            object.__setattr__(self, "flag", "--" + self.key.replace("_", "-"))
-        if not self.env:
-            object.__setattr__(self, "env", "ZTR_" + self.key.upper())
-        if not self.attr:
-            unit = "_seconds" if self.parse is parse_duration else ""
-            object.__setattr__(self, "attr", self.key + unit)
+
+def _completed(setting: Setting) -> Setting:
+    """Fill in what follows from ``key`` where the row does not say otherwise."""
+    unit = "_seconds" if setting.parse is parse_duration else ""
+    return setting._replace(flag=setting.flag or "--" + setting.key.replace("_", "-"),
+                            env=setting.env or "ZTR_" + setting.key.upper(),
+                            attr=setting.attr or setting.key + unit)
 
 
-SETTINGS: tuple[Setting, ...] = (
+SETTINGS: tuple[Setting, ...] = tuple(map(_completed, (
     # What to load.
     Setting("secret", _parse_list, (), "declare a secret: NAME=REF (repeatable)", _LOADING,
             env="ZTR_SECRETS", repeat=True, metavar="NAME=REF"),
@@ -365,13 +362,12 @@ SETTINGS: tuple[Setting, ...] = (
             frozenset({"plan"}), switch=True),
     Setting("secrets_per_pod", parse_int, 4, "secrets each pod loads", frozenset({"plan"}),
             flag="--secrets", metavar="M"),
-)
+)))
 SETTINGS_BY_KEY = {setting.key: setting for setting in SETTINGS}
 ENV_VARS = frozenset(setting.env for setting in SETTINGS)
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     """Everything a command needs, resolved and validated once. Each setting's default, flag,
     variable and TOML key live in its ``Setting`` row; ``load`` fills every attribute."""
 
@@ -381,7 +377,7 @@ class Config:
     disabled_reason: str
     command_args: tuple[str, ...]
     # The whole parent environment (AWS keys included): never in a repr.
-    parent_env: Mapping[str, str] = field(repr=False)
+    parent_env: Mapping[str, str]
     prefix: str | None
     preset: str | None
     environment: str
@@ -418,13 +414,17 @@ class Config:
     pods: int
     secrets_per_pod: int
 
+    def __repr__(self) -> str:
+        shown = (f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)
+                 if name != "parent_env")
+        return f"Config({', '.join(shown)})"
+
 
 _RESOLVED_APART = {"secret", "config", "enabled"}  # bindings, the file, the gate
 _PATHS = ("output", "output_dir", "notify_pid_file")  # absolute: ztr-run moves itself to /
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """A check across settings for some commands: ``holds(values, has_app)`` or the message."""
 
     commands: frozenset[str]

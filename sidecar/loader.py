@@ -7,9 +7,9 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from . import refs
 from .errors import (
@@ -25,16 +25,17 @@ from .refs import FetchKey
 from .retry import RetryPolicy
 from .source import SecretSource, SecretVersion, unique
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-@dataclass(frozen=True)
-class Snapshot:
+
+class Snapshot(NamedTuple):  # NamedTuples for import speed (see refs.FetchKey)
     """The secrets as last loaded. ``versions`` holds None for a missing optional secret;
     ``ids`` maps each variable to the version id it came from (derived once, at build)."""
 
     bindings: tuple[refs.Binding, ...]
     versions: Mapping[FetchKey, SecretVersion | None]
-    values: Mapping[str, str] = field(repr=False)
-    ids: Mapping[str, str] = field(default_factory=dict)
+    values: Mapping[str, str]
+    ids: Mapping[str, str] = _EMPTY
 
     @classmethod
     def build(
@@ -43,6 +44,9 @@ class Snapshot:
         """Extract every binding's values. Raises SecretValueError or ConfigError (collision)."""
         values, ids = _extract_all(bindings, versions)
         return cls(tuple(bindings), versions, values, ids)
+
+    def __repr__(self) -> str:  # the values never reach a repr, a log or a traceback
+        return f"Snapshot(names={self.names!r}, ids={dict(self.ids)!r})"
 
     @property
     def names(self) -> list[str]:
@@ -164,14 +168,13 @@ def _extract_all(
     return values, ids
 
 
-@dataclass(frozen=True)
-class Refreshed:
+class Refreshed(NamedTuple):
     """One refresh: the new snapshot, the variables whose value changed, and the secrets that
     could not be checked (their last good values are kept in ``snapshot``)."""
 
     snapshot: Snapshot
     changed: list[str]
-    failures: Mapping[str, ZtrError] = field(default_factory=dict)  # secret id -> why
+    failures: Mapping[str, ZtrError] = _EMPTY  # secret id -> why
     checked: frozenset[str] = frozenset()  # secret ids checked successfully
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ConfigError
 
@@ -21,8 +21,10 @@ DEFAULT_STAGE = "AWSCURRENT"
 _OPTION_NAMES = ("optional", "stage", "version", "encoding")
 
 
-@dataclass(frozen=True)
-class FetchKey:
+# The records below are NamedTuples, not dataclasses: on Python 3.11 each frozen dataclass
+# compiles its generated methods one by one at import (about 1 ms a class here, 23 of the 35 ms
+# that ztr's modules took to import on the start-up path; see bench/RESULTS.md).
+class FetchKey(NamedTuple):
     """Identity of one API request: references that share it share one fetch."""
 
     secret_id: str
@@ -40,8 +42,7 @@ class FetchKey:
         return self.stage is None and self.version is None
 
 
-@dataclass(frozen=True)
-class SecretRef:
+class SecretRef(NamedTuple):
     """What to fetch and which part of it to use: ``SECRET_ID[#KEY][?OPTION[&OPTION...]]``."""
 
     secret_id: str
@@ -56,8 +57,7 @@ class SecretRef:
         return FetchKey(self.secret_id, self.stage, self.version)
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     """One declared environment variable (or, for ``#*``, a name prefix) and its reference."""
 
     name: str

@@ -9,9 +9,9 @@ leaves this module.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 from .errors import (
     AccessDeniedError,
@@ -72,8 +72,7 @@ _NETWORK_HINT = (
 )
 
 
-@dataclass(frozen=True)
-class SecretVersion:
+class SecretVersion(NamedTuple):  # a NamedTuple for import speed (see refs.FetchKey)
     """One fetched secret version. ``value`` is SecretString (str) or SecretBinary (bytes)."""
 
     secret_id: str
@@ -86,13 +85,15 @@ class SecretVersion:
         return f"SecretVersion(name={self.name!r}, version_id={self.version_id!r})"
 
 
-@dataclass(frozen=True)
-class SecretInfo:
+_NO_STAGES: Mapping[str, tuple[str, ...]] = MappingProxyType({})
+
+
+class SecretInfo(NamedTuple):
     """What DescribeSecret says about a secret, parsed once: no value, only metadata."""
 
     name: str
     arn: str
-    stages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # version id -> labels
+    stages: Mapping[str, tuple[str, ...]] = _NO_STAGES  # version id -> labels
     kms_key_id: str | None = None
     rotation_enabled: bool = False
     last_changed: datetime | None = None
@@ -142,8 +143,7 @@ class SecretSource(Protocol):
     def explain_missing(self, error: SecretNotFoundError) -> SecretNotFoundError: ...
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
     """The caller, for reports (STS GetCallerIdentity); ``error`` says why it is unknown."""
 
     account: str | None

@@ -10,7 +10,6 @@ deliberately broken copy that it must reject.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import re
 import shutil
@@ -984,7 +983,7 @@ def test_semantic_checks_probe_with_metrics_off_is_rejected() -> None:
     config = cli.resolve_config(command, argv, literal_env(sidecar(docs)))
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert check_ztr("sidecar", sidecar(docs), True, config, spec, volumes) == []
-    off = dataclasses.replace(config, metrics_addr=None)
+    off = config._replace(metrics_addr=None)
     found = check_ztr("sidecar", sidecar(docs), True, off, spec, volumes)
     assert any("--metrics-addr is off" in problem for problem in found), found
 
