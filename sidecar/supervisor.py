@@ -12,26 +12,22 @@ import errno
 import os
 import queue
 import select
-import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
+from .process import ALL_SIGNALS, become_subreaper, resolve_command
 from .signals import JOB_CONTROL, STOPPING, SignalInbox
 from .signals import name as signal_name
 
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_DUMPABLE = 4
 # Members of the child's group that are not ztr's children send no SIGCHLD when they die:
 # while waiting for them, look this often.
 _SETTLE_POLL_SECONDS = 0.05
 _EXEC_REPORT_SECONDS = 10.0  # how long a forked child may take to exec before it counts as started
 _MAX_WAIT_SECONDS = 3600.0  # epoll refuses waits over 2**31 ms (~24.8 days): wake up and re-check
-_ALL_SIGNALS = set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def exit_code_of(status: int) -> int:
@@ -39,51 +35,6 @@ def exit_code_of(status: int) -> int:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.waitstatus_to_exitcode(status)
-
-
-def _prctl(option: int, value: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes  # only here: it costs memory, and only Linux has prctl
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so they are reaped here too."""
-    if os.getpid() == 1:
-        return True
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def forbid_core_dumps() -> bool:
-    """Make ztr's own process not dumpable: no core file can carry the secrets it holds, and
-    other processes of the same user cannot read its /proc/PID/environ or memory. An exec
-    resets the flag, so the app's own core settings are untouched."""
-    return _prctl(_PR_SET_DUMPABLE, 0)
-
-
-def resolve_command(argv0: str, env: Mapping[str, str]) -> str:
-    """Find the executable as execvp would with the child's PATH; 127 or 126 when it cannot."""
-    if "/" in argv0:
-        if not os.path.exists(argv0):
-            raise SpawnError(f"{argv0}: command not found", EXIT_NOT_FOUND)
-        if os.path.isdir(argv0) or not os.access(argv0, os.X_OK):
-            raise SpawnError(f"{argv0}: not executable", EXIT_NOT_EXECUTABLE)
-        return argv0
-    path = env.get("PATH", os.defpath)
-    found = shutil.which(argv0, path=path)
-    if found:
-        return found
-    for directory in path.split(os.pathsep):
-        candidate = os.path.join(directory or ".", argv0)
-        if os.path.isfile(candidate):
-            raise SpawnError(f"{argv0}: not executable ({candidate})", EXIT_NOT_EXECUTABLE)
-    raise SpawnError(f"{argv0}: command not found in PATH", EXIT_NOT_FOUND)
 
 
 _QUIET = [  # stdin, stdout and stderr of a command whose output may name what it checked
@@ -105,7 +56,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, quiet: bool = False) -
     try:
         return os.posix_spawn(
             executable, list(argv), dict(env),
-            setpgroup=0, setsigdef=_ALL_SIGNALS, setsigmask=(),
+            setpgroup=0, setsigdef=ALL_SIGNALS, setsigmask=(),
             file_actions=_QUIET if quiet else None,
         )
     except PermissionError as exc:
@@ -126,7 +77,7 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
     # Blocked across the fork: a signal forwarded to the new group before the child has reset
     # its handlers would otherwise land in the child's copy of ztr's handler and be lost. The
     # child unblocks right before exec, with default dispositions: a pending SIGTERM acts then.
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, ALL_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:  # the child: only system calls until exec
@@ -135,7 +86,7 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
                 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
                 os.tcsetpgrp(tty, os.getpid())
                 signal.set_wakeup_fd(-1)
-                for signum in _ALL_SIGNALS:
+                for signum in ALL_SIGNALS:
                     with contextlib.suppress(OSError, ValueError):
                         signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -163,22 +114,6 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
         code = EXIT_NOT_FOUND if error == errno.ENOENT else EXIT_NOT_EXECUTABLE
         raise SpawnError(f"{argv[0]}: cannot execute ({os.strerror(error)})", code)
     return pid
-
-
-def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
-    """Replace this process with ``argv`` (the --once mode): same PID, default signals."""
-    executable = resolve_command(argv[0], env)
-    for signum in _ALL_SIGNALS:
-        with contextlib.suppress(OSError, ValueError):
-            signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(executable, list(argv), dict(env))  # noqa: S606 - replacing ztr is the point
-    except OSError as exc:
-        code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        raise SpawnError(f"{argv[0]}: cannot execute ({exc.strerror})", code) from exc
 
 
 @dataclass(frozen=True)

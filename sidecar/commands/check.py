@@ -18,10 +18,10 @@ from ..errors import (
     ZtrError,
 )
 from ..loader import extract
+from ..process import forbid_core_dumps
 from ..signals import SignalInbox
 from ..source import SecretInfo, SecretSource, SecretVersion, caller_identity
 from ..startup import make_loader
-from ..supervisor import forbid_core_dumps
 
 OK = "ok"
 

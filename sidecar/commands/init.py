@@ -6,9 +6,9 @@ import threading
 
 from .. import logs
 from ..config import Config
+from ..process import forbid_core_dumps
 from ..signals import SignalInbox
 from ..startup import check_pending_stop, first_load, log_disabled, make_loader, make_writers, write_all
-from ..supervisor import forbid_core_dumps
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:

@@ -8,9 +8,9 @@ import threading
 from .. import logs
 from ..config import Config
 from ..environ import child_environment
+from ..process import exec_replace, forbid_core_dumps
 from ..signals import SignalInbox
 from ..startup import check_pending_stop, first_load, log_disabled, make_loader, make_writers, write_all
-from ..supervisor import exec_replace, forbid_core_dumps
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:

@@ -219,7 +219,7 @@ _DUMPABLE = "import ctypes; print('dumpable', ctypes.CDLL(None).prctl(3, 0, 0, 0
 
 def test_forbid_core_dumps_makes_the_process_undumpable() -> None:
     """PR_GET_DUMPABLE (3) after ztr's call, in a fresh interpreter."""
-    script = f"from sidecar.supervisor import forbid_core_dumps; forbid_core_dumps(); {_DUMPABLE}"
+    script = f"from sidecar.process import forbid_core_dumps; forbid_core_dumps(); {_DUMPABLE}"
     result = subprocess.run([sys.executable, "-c", script],
                             capture_output=True, text=True, timeout=30)
     assert result.stdout.split() == ["dumpable", "0"], result.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.process import resolve_command
 from sidecar.signals import SignalInbox
 from sidecar.supervisor import (
     TIMED_OUT,
@@ -21,7 +22,6 @@ from sidecar.supervisor import (
     SpawnError,
     Supervisor,
     exit_code_of,
-    resolve_command,
 )
 
 pytestmark = pytest.mark.timeout(20)
