@@ -95,8 +95,8 @@ class _ExecError(Exception):
 def ztr(flags: set[str]) -> None:
     """Run the real ``ztr run --once`` through ``cli.main``: the phases are the command's own
     functions, wrapped with marks (nothing here knows their order)."""
-    from sidecar import cli, startup, supervisor
-    mark("import sidecar.cli, startup, supervisor (config, refs, logs, loader, source, outputs)")
+    from sidecar import cli, process, startup
+    mark("import sidecar.cli, startup, process (config, refs, logs, loader, source, outputs)")
     if "--one-subparser" in flags:
         one_subparser(cli)
     if "--patch-loader" in flags:
@@ -109,11 +109,11 @@ def ztr(flags: set[str]) -> None:
     _timed(startup, "write_all", "write outputs")
 
     def exec_replace(argv: Any, env: Any) -> None:
-        supervisor.resolve_command(argv[0], env)
+        process.resolve_command(argv[0], env)
         mark("child env, resolve command")
         raise _ExecError
 
-    supervisor.exec_replace = exec_replace
+    process.exec_replace = exec_replace
     os.environ.setdefault("ZTR_LOG_FORMAT", "json")
     stderr = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)

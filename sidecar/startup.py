@@ -6,6 +6,7 @@ SIGTERM or SIGINT ends start-up at once, even while a connection hangs in botoco
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -116,6 +117,19 @@ def check_pending_stop(inbox: SignalInbox, stop: threading.Event) -> None:
     """Honour a stop that arrived while the main thread was busy (writing outputs)."""
     for signum in inbox.take():
         check_stop(signum, stop)
+
+
+def settle() -> None:
+    """Start-up is over for a command that stays running: collect cyclic garbage again.
+
+    The console scripts paused the collector (``sidecar.launch``). What is alive now lives until
+    exit, so it is frozen out of the collector's sight (``gc.freeze``) rather than walked again
+    at every full collection. No collection first: start-up leaves a few hundred cyclic objects,
+    and one full pass over everything would delay the app's start by tens of milliseconds.
+    A no-op where the collector was never paused (ztr used as a library, the tests)."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def log_disabled(reason: str) -> None:

@@ -22,6 +22,7 @@ from .. import logs
 from ..config import Config
 from ..errors import UnavailableError
 from ..signals import SignalInbox
+from ..startup import settle
 
 PREFIX = "production/zero-to-running/"
 SEEDED = ("database-password", "session-secret", "redis-password", "jwt-secret")
@@ -71,6 +72,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
+    settle()  # the demo hosts moto for a minute: collect its garbage as usual
     return show(config)
 
 

@@ -10,11 +10,12 @@ from ..config import Config
 from ..environ import child_environment
 from ..errors import EXIT_SOFTWARE
 from ..metrics import Metrics
+from ..process import forbid_core_dumps
 from ..reactor import AppReaction, Reactor, RestartBudget
 from ..runtime import Runtime, start_resident
 from ..signals import SignalInbox
-from ..startup import check_pending_stop, log_disabled
-from ..supervisor import Exit, Supervisor, forbid_core_dumps
+from ..startup import check_pending_stop, log_disabled, settle
+from ..supervisor import Exit, Supervisor
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
@@ -36,6 +37,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
             supervisor = Supervisor(config.command_args, dict(config.parent_env), inbox=inbox,
                                     grace_seconds=config.grace_period_seconds, on_start=on_start,
                                     on_exit=on_exit, log=logs.info)
+            settle()
             return supervisor.run()
         loader, snapshot, writers = start_resident(runtime, config, redactor, inbox)
         child_env = functools.partial(child_environment, config.parent_env,
@@ -61,6 +63,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
         runtime.start_events(region=config.region, prefix=config.prefix,
                              secret_ids=sorted({b.ref.secret_id for b in snapshot.bindings}),
                              topic_arn=config.events_topic, queue_url=config.events_queue)
+        settle()
         return supervisor.run()
     finally:
         runtime.shutdown()

@@ -6,11 +6,11 @@ from .. import logs
 from ..config import Config
 from ..errors import EXIT_SOFTWARE
 from ..metrics import Metrics
+from ..process import forbid_core_dumps
 from ..reactor import Notifier, Reactor
 from ..runtime import Runtime, start_resident
 from ..signals import STOPPING, SignalInbox, name
-from ..startup import check_pending_stop, log_disabled
-from ..supervisor import forbid_core_dumps
+from ..startup import check_pending_stop, log_disabled, settle
 
 
 def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
@@ -44,6 +44,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
 def _serve(runtime: Runtime, inbox: SignalInbox) -> int:
     """Until SIGTERM/SIGINT: 0. If the refresh loop ever ends, /healthz already fails; exit
     non-zero so the orchestrator replaces a process that would serve stale values forever."""
+    settle()
     while True:
         for signum in inbox.wait(None):
             if signum in STOPPING:
