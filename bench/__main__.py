@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="few rounds, for checking that the benchmarks work (not for figures)")
     parser.add_argument("--rounds", type=int, help="start-up rounds (default 25; quick 4)")
     parser.add_argument("--cycles", type=int, help="steady-state refresh cycles (default 200)")
+    parser.add_argument("--heap-cycles", type=int,
+                        help="cycles of the Python-heap check, two windows (default 500; 3000 "
+                             "tells a slow leak from botocore's bounded caches refilling)")
     parser.add_argument("--seed", type=int, help="seed for the shuffles (default: random)")
     args = parser.parse_args(argv)
     names = args.names or list(NAMES)
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import steady
 
             result = steady.run(cycles=args.cycles or (60 if quick else 200),
-                                heap_cycles=200 if quick else 500)
+                                heap_cycles=args.heap_cycles or (200 if quick else 500))
         elif name == "footprint":
             from . import footprint
 

@@ -9,9 +9,9 @@ the hand-written boto3 script, print them as JSON on stdout, then exec ``true`` 
                  instead of scanning every service directory (what a ztr fix could do)
 --one-subparser  build the argument parser for ``run`` only instead of all seven commands
 
-It runs ``sidecar.cli.main`` for ``run --once`` with the phase functions of ``sidecar.startup``
-wrapped by timing marks, so the phases add up to what ztr does; it changes nothing in sidecar/
-(the patches live only in this process).
+It runs ``sidecar.cli.main`` for ``run --once`` (collector paused, as ``sidecar.launch`` does)
+with the phase functions of ``sidecar.startup`` wrapped by timing marks, so the phases add up to
+what ztr does; it changes nothing in sidecar/ (the patches live only in this process).
 """
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ class _ExecError(Exception):
 def ztr(flags: set[str]) -> None:
     """Run the real ``ztr run --once`` through ``cli.main``: the phases are the command's own
     functions, wrapped with marks (nothing here knows their order)."""
+    import gc
+
+    gc.disable()  # as the console script does first (sidecar.launch)
     from sidecar import cli, process, startup
     mark("import sidecar.cli, startup, process (config, refs, logs, loader, source, outputs)")
     if "--one-subparser" in flags:

@@ -55,7 +55,8 @@ print(json.dumps(steps))
 # Each variant runs to the point where it would exec, then exits at once (as exec would: no
 # interpreter teardown), so the counts cover the same work the start-up benchmark times.
 STOP = "import os; os.execve = lambda *a: os._exit(0); "
-RUN_ZTR = STOP + "import sys; from sidecar.cli import run_entry; sys.argv[0] = 'ztr-run'; run_entry()"
+# What the ztr-run console script does (sidecar.launch: the collector paused first).
+RUN_ZTR = STOP + "import sys; from sidecar.launch import ztr_run; sys.argv[0] = 'ztr-run'; ztr_run()"
 RUN_SCRIPT = STOP + "import sys; p = sys.argv[0] = sys.argv.pop(1); exec(compile(open(p).read(), p, 'exec'))"
 ZTR_ARGS = ["--once", "--preset", "zero-to-running", "--", "/bin/true"]
 ONCE = "ztr-run --once"

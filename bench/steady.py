@@ -23,9 +23,12 @@ WARMUP_CYCLES = 100  # measured from here: first-cycle imports and allocator war
 WATCH = "ztr watch"
 RUN = "ztr-run -- sleep (supervising)"
 BARE = "bare boto3 loop"
+# ztr's client and prometheus-client's own server, no ztr code: the floor under ztr's RSS.
+FLOOR = "floor: ztr's client + prometheus-client, bare loop"
 WATCH_OWN = "ztr watch, botocore's own loader"
 RUN_OWN = "ztr-run -- sleep, botocore's own loader"
-VARIANTS = (WATCH, RUN, BARE, WATCH_OWN, RUN_OWN)
+VARIANTS = (WATCH, RUN, BARE, FLOOR, WATCH_OWN, RUN_OWN)
+HANDWRITTEN = {BARE: "boto3_describe_loop.py", FLOOR: "botocore_floor_loop.py"}
 OWN_LOADER = {WATCH_OWN: WATCH, RUN_OWN: RUN}  # the same process on all of botocore/data
 RSS_LIMIT_MIB = 36.0  # issue 13, metrics on, after 200 cycles (stretch 32)
 RSS_STRETCH_MIB = 32.0
@@ -38,7 +41,7 @@ def _argv(variant: str, output: str) -> list[str]:
         return [h.ZTR, "watch", *common, "--output", output]
     if variant in (RUN, RUN_OWN):
         return [h.ZTR_RUN, *common, "--", "sleep", "3600"]
-    return [h.PYTHON, str(h.HANDWRITTEN / "boto3_describe_loop.py"), str(INTERVAL_SECONDS)]
+    return [h.PYTHON, str(h.HANDWRITTEN / HANDWRITTEN[variant]), str(INTERVAL_SECONDS)]
 
 
 def _refresh_total(url: str) -> float | None:
@@ -59,7 +62,7 @@ def _measure(variant: str, env: dict[str, str], proxy: Any, output: str, cycles:
     checkpoints: list[dict[str, Any]] = []
     try:
         url = None
-        if variant == BARE:
+        if variant in HANDWRITTEN:
             proc.wait_stdout("loaded", timeout=60)
         else:
             proc.wait_log("Successfully loaded secrets from AWS Secrets Manager", timeout=60)
@@ -198,13 +201,16 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         saved = "" if own is None else (
             f"; botocore's own loader: peak {own['rss_peak_mib']:.1f}, so the selection saves "
             f"{own['rss_peak_mib'] - r['rss_peak_mib']:.1f} MiB")
+        floor = "" if FLOOR not in s else (
+            f"; the floor, ztr's client and prometheus-client's own server with no ztr code: "
+            f"peak {s[FLOOR]['rss_peak_mib']:.1f}")
         for limit, label in ((RSS_LIMIT_MIB, ""), (RSS_STRETCH_MIB, " (stretch)")):
             out.append({
                 "target": f"{variant}: RSS at most {limit:.0f} MiB, metrics on{label}",
                 "met": r["rss_peak_mib"] <= limit,
                 "figure": f"peak {r['rss_peak_mib']:.1f} MiB, steady {r['rss_steady_mib']:.1f} MiB "
                           f"(bare boto3 loop: peak {bare['rss_peak_mib']:.1f}, steady "
-                          f"{bare['rss_steady_mib']:.1f}{saved})",
+                          f"{bare['rss_steady_mib']:.1f}{saved}{floor})",
             })
         out.append({
             "target": f"{variant}: no RSS growth (plateau: at most {GROWTH_LIMIT_KIB} KiB over "
