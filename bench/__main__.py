@@ -1,5 +1,5 @@
 """``python -m bench [BENCHMARK ...] [--quick]``: run benchmarks, save bench/out/NAME.json, and
-rewrite bench/RESULTS.md from every saved result. With no name, runs them all (~12 minutes)."""
+rewrite bench/RESULTS.md from every saved result. With no name, runs them all (~35 minutes)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="few rounds, for checking that the benchmarks work (not for figures)")
     parser.add_argument("--rounds", type=int, help="start-up rounds (default 25; quick 4)")
-    parser.add_argument("--cycles", type=int, help="steady-state refresh cycles (default 200)")
+    parser.add_argument("--cycles", type=int, help="steady-state refresh cycles (default 1000)")
     parser.add_argument("--heap-cycles", type=int,
-                        help="cycles of the Python-heap check, two windows (default 500; 3000 "
-                             "tells a slow leak from botocore's bounded caches refilling)")
+                        help="cycles of the Python-heap check, two windows (default 3000: fewer "
+                             "cannot tell a slow leak from botocore's bounded caches filling)")
     parser.add_argument("--seed", type=int, help="seed for the shuffles (default: random)")
     args = parser.parse_args(argv)
     names = args.names or list(NAMES)
@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "steady":
             from . import steady
 
-            result = steady.run(cycles=args.cycles or (60 if quick else 200),
-                                heap_cycles=args.heap_cycles or (200 if quick else 500))
+            result = steady.run(cycles=args.cycles or (60 if quick else 1000),
+                                heap_cycles=args.heap_cycles or (200 if quick else 3000))
         elif name == "footprint":
             from . import footprint
 

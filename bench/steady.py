@@ -30,7 +30,7 @@ RUN_OWN = "ztr-run -- sleep, botocore's own loader"
 VARIANTS = (WATCH, RUN, BARE, FLOOR, WATCH_OWN, RUN_OWN)
 HANDWRITTEN = {BARE: "boto3_describe_loop.py", FLOOR: "botocore_floor_loop.py"}
 OWN_LOADER = {WATCH_OWN: WATCH, RUN_OWN: RUN}  # the same process on all of botocore/data
-RSS_LIMIT_MIB = 36.0  # issue 13, metrics on, after 200 cycles (stretch 32)
+RSS_LIMIT_MIB = 36.0  # issue 13, metrics on, after 200 cycles or more (stretch 32)
 RSS_STRETCH_MIB = 32.0
 
 
@@ -139,7 +139,7 @@ def heap(endpoint: str, warmup: int, cycles: int, mode: str = "ztr") -> dict[str
     return result
 
 
-def run(cycles: int = 200, every: int = 20, heap_cycles: int = 500) -> dict[str, Any]:
+def run(cycles: int = 1000, every: int = 20, heap_cycles: int = 3000) -> dict[str, Any]:
     """``cycles`` measured cycles after WARMUP_CYCLES unmeasured ones, per process; then the
     Python-heap check: ``heap_cycles / 2`` warm-up cycles, then ``heap_cycles`` measured."""
     loads = [h.loadavg()]
@@ -167,7 +167,7 @@ def run(cycles: int = 200, every: int = 20, heap_cycles: int = 500) -> dict[str,
 # "No growth" = a plateau: RSS rises in one-off steps for a while after start (arenas, bounded
 # caches, the first /metrics scrapes' thread stacks), so it is judged on the second half of the
 # measured window (4 pages at most), and slow leaks on the Python heap (tracemalloc, below).
-# `python -m bench steady --cycles 1500` looks further.
+# Windows of 100 cycles were too short for that (2026-12-02): the default is 1000 cycles.
 GROWTH_LIMIT_KIB = 16
 # Over what a bare boto3 client keeps per cycle: 4.6 KiB a day at the default 5-minute interval.
 # Churning bounded caches in botocore move one window's difference by a few KiB either way; a
