@@ -22,9 +22,22 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
+def _plain(value: Any) -> Any:
+    """A field as logs show it. A record (a NamedTuple) shows its repr, as a dataclass would,
+    never its items one by one: SecretVersion's and Snapshot's reprs leave the values out, and
+    JSON would otherwise write every item of a tuple."""
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
-    return fields if isinstance(fields, dict) else {}
+    return _plain(fields) if isinstance(fields, dict) else {}
 
 
 class JsonFormatter(logging.Formatter):

@@ -7,8 +7,12 @@ import json
 import logging
 from typing import Any
 
+import pytest
+
 from sidecar import logs
+from sidecar.loader import Snapshot
 from sidecar.logs import REDACTED, Redactor
+from sidecar.source import SecretVersion
 
 
 def record(msg: str, *args: object, fields: dict[str, Any] | None = None) -> logging.LogRecord:
@@ -108,3 +112,27 @@ def test_redactor_through_logs_setup_keeps_values_out_of_json_lines() -> None:
     assert "hunter22" not in stream.getvalue()
     assert line["msg"] == f"loaded {REDACTED}"
     assert line["detail"] == {"value": REDACTED}
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_record_logged_as_a_field_shows_its_repr_not_its_value(fmt: str) -> None:
+    """Records are NamedTuples (tuples): a field holding one is shown by its repr, as a dataclass
+    was, even before any value is known to the redactor and for a value too short to redact."""
+    version = SecretVersion("prod/db", "prod/db", "arn:aws:secretsmanager:::secret:prod/db",
+                            "v-1", "pw")
+    snapshot = Snapshot((), {}, {"DB": "pw"}, {"DB": "v-1"})
+    stream = io.StringIO()
+    saved = (list(logs.log.handlers), logs.log.level, logs.log.propagate)
+    try:
+        logs.setup(fmt, "info", stream)
+        logs.info("loaded", version=version, snapshot=snapshot, nested=[{"v": version}])
+    finally:
+        logs.log.handlers[:], logs.log.level, logs.log.propagate = saved
+    text = stream.getvalue()
+    assert "'pw'" not in text
+    assert '"pw"' not in text
+    assert "v-1" in text
+    if fmt == "json":
+        line = json.loads(text)
+        assert line["version"] == repr(version)
+        assert line["nested"] == [{"v": repr(version)}]
