@@ -14,7 +14,7 @@ from .loader import Loader, Snapshot
 from .metrics import Endpoints, Metrics
 from .outputs import Writer
 from .reactor import Reactor
-from .startup import first_load, make_loader, make_writers, write_all
+from .startup import first_load, make_loader, make_writers, settle, write_all
 from .watcher import Outcome, Watcher
 
 if TYPE_CHECKING:
@@ -219,9 +219,14 @@ class Runtime:
 def start_resident(runtime: Runtime, config: Config, redactor: logs.Redactor,
           inbox: SignalInbox) -> tuple[Loader, Snapshot, list[Writer]]:
     """What ``watch`` and a supervising ``run`` share: outputs checked, endpoints up, the first
-    load (interruptible) and the files written."""
+    load (interruptible) and the files written.
+
+    The collector resumes once the client exists, before the endpoints serve anyone and the
+    first load retries: what a client or a failed attempt leaves must stay collectable, and a
+    freeze after them would keep it for the process's life."""
     writers = make_writers(config)
     loader = make_loader(config, record=runtime.metrics.record_call, stop=runtime.stop)
+    settle()
     runtime.start_endpoints(config.metrics_addr)
     started = time.monotonic()
     snapshot = first_load(loader, redactor, inbox, runtime.stop)

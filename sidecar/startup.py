@@ -120,12 +120,14 @@ def check_pending_stop(inbox: SignalInbox, stop: threading.Event) -> None:
 
 
 def settle() -> None:
-    """Start-up is over for a command that stays running: collect cyclic garbage again.
+    """The imports and the client are done, in a command that stays running: collect cyclic
+    garbage again, before anything that serves clients or retries runs.
 
     The console scripts paused the collector (``sidecar.launch``). What is alive now lives until
     exit, so it is frozen out of the collector's sight (``gc.freeze``) rather than walked again
-    at every full collection. No collection first: start-up leaves a few hundred cyclic objects,
-    and one full pass over everything would delay the app's start by tens of milliseconds.
+    at every full collection. No collection first: imports leave a few hundred cyclic objects,
+    and one full pass over everything would cost tens of milliseconds. Call it before the
+    endpoints start: whatever exists at the freeze is kept for good.
     A no-op where the collector was never paused (ztr used as a library, the tests)."""
     if not gc.isenabled():
         gc.freeze()

@@ -63,7 +63,6 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
         runtime.start_events(region=config.region, prefix=config.prefix,
                              secret_ids=sorted({b.ref.secret_id for b in snapshot.bindings}),
                              topic_arn=config.events_topic, queue_url=config.events_queue)
-        settle()
         return supervisor.run()
     finally:
         runtime.shutdown()

@@ -20,6 +20,7 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
     try:
         if not config.enabled:
             log_disabled(config.disabled_reason)
+            settle()
             runtime.start_endpoints(config.metrics_addr, always_ready=True)
             return _serve(runtime, inbox)
         loader, snapshot, writers = start_resident(runtime, config, redactor, inbox)
@@ -44,7 +45,6 @@ def main(config: Config, redactor: logs.Redactor, inbox: SignalInbox) -> int:
 def _serve(runtime: Runtime, inbox: SignalInbox) -> int:
     """Until SIGTERM/SIGINT: 0. If the refresh loop ever ends, /healthz already fails; exit
     non-zero so the orchestrator replaces a process that would serve stale values forever."""
-    settle()
     while True:
         for signum in inbox.wait(None):
             if signum in STOPPING:
