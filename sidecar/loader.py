@@ -26,6 +26,9 @@ from .retry import RetryPolicy
 from .source import SecretSource, SecretVersion, unique
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+# Secrets under --prefix that events named but that could not be read yet, kept for the next
+# check: each costs a DescribeSecret a cycle, so a flood of such events cannot grow it past this.
+MAX_UNREAD_DISCOVERED = 100
 
 
 class Snapshot(NamedTuple):  # NamedTuples for import speed (see refs.FetchKey)
@@ -299,11 +302,15 @@ class Loader:
                 continue
             versions = candidate
         # A secret found by --prefix (at start or through an event) that is gone is forgotten:
-        # no DescribeSecret of a name that does not exist on every later cycle.
+        # no DescribeSecret of a name that does not exist on every later cycle. One an event
+        # named that could not be read yet (denied, throttled) is kept and checked again, like
+        # a declared secret, as long as few are: the listing that found it is not repeated.
         if self.prefix:
             origin = f"--prefix {self.prefix}"
-            gone = {b.ref.fetch_key for b in bindings
-                    if b.origin == origin and versions.get(b.ref.fetch_key) is None}
+            unread = [b.ref.fetch_key for b in bindings
+                      if b.origin == origin and versions.get(b.ref.fetch_key) is None]
+            retried = [key for key in unread if key.secret_id in failures]
+            gone = set(unread) - set(retried[:MAX_UNREAD_DISCOVERED])
             bindings = tuple(b for b in bindings if b.ref.fetch_key not in gone)
             versions = {key: version for key, version in versions.items() if key not in gone}
         snapshot = Snapshot.build(bindings, versions)
@@ -311,7 +318,7 @@ class Loader:
             name for name in set(snapshot.values) | set(previous.values)
             if snapshot.values.get(name) != previous.values.get(name)
         )
-        if not changed and snapshot.ids == previous.ids:
+        if not changed and snapshot.ids == previous.ids and snapshot.bindings == previous.bindings:
             snapshot = previous
         return Refreshed(snapshot, changed, failures, frozenset(set(by_secret) - set(failures)))
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from sidecar import loader as loader_mod
 from sidecar import refs
 from sidecar.errors import (
     EXIT_SOFTWARE,
@@ -381,3 +382,28 @@ def test_watcher_hinted_cycle_success_does_not_reset_failures(fake: FakeSecretsM
     fake.heal()
     assert watcher.cycle().ok
     assert watcher.failures == 0
+
+
+def test_watcher_new_prefix_secret_that_fails_once_loads_on_a_later_cycle(
+        fake: FakeSecretsManager) -> None:
+    """The event that named it is spent and the listing is not repeated: a secret that could
+    not be read at its first check must stay in the set of secrets checked."""
+    watcher = make_watcher(fake, [], prefix="app/")
+    fake.create("app/new", "november-1")
+    fake.fail("app/new", AccessDeniedError("app/new: access denied"), times=1)
+    assert not watcher.cycle(only=["app/new"]).ok
+    assert watcher.cycle().changed == ["NEW"]
+    assert watcher.snapshot.values["NEW"] == "november-1"
+
+
+def test_watcher_unreadable_new_prefix_secrets_kept_are_bounded(
+        fake: FakeSecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader_mod, "MAX_UNREAD_DISCOVERED", 2)
+    watcher = make_watcher(fake, [], prefix="app/")
+    names = [f"app/new-{i}" for i in range(5)]
+    for name in names:
+        fake.create(name, "value-1")
+        fake.fail(name, AccessDeniedError(f"{name}: access denied"))
+    watcher.cycle(only=names)
+    kept = {key.secret_id for key in watcher.snapshot.versions} - {"app/a", "app/b"}
+    assert len(kept) == 2
