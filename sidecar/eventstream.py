@@ -25,7 +25,7 @@ from . import logs
 from .errors import TransientError, UnavailableError
 from .events import SOURCE, Classifier, Hint, Matcher, topic_region
 from .retry import RetryPolicy
-from .source import CallRecorder, attempt_recorder
+from .source import CallRecorder, attempt_recorder, error_code
 
 QUEUE_PREFIX = "ztr-"  # every queue ztr creates; IAM policies scope SQS actions to ztr-*
 WAIT_SECONDS = 20  # SQS's longest long poll
@@ -109,16 +109,11 @@ class StreamClosedError(Exception):
     """The stream was closed while a step was under way."""
 
 
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
-
-
 def _call(operation: str, fn: Callable[..., Mapping[str, Any]], **kwargs: Any) -> Mapping[str, Any]:
     try:
         return fn(**kwargs)
     except Exception as exc:  # any failure of a hint channel is retried, never fatal
-        raise EventsCallError(operation, _error_code(exc)) from exc
+        raise EventsCallError(operation, error_code(exc)) from exc
 
 
 def topic_key(topic_arn: str) -> str:

@@ -8,6 +8,7 @@ leaves this module.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
@@ -228,6 +229,7 @@ def _status(exc: BaseException) -> int:
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
+@functools.cache  # a session per call read the config file (and data) for every AccessDenied
 def partition(region: str) -> str:
     """The ARN partition of ``region`` (aws, aws-cn, aws-us-gov, ...), from botocore's own
     partition data; ``aws`` when botocore does not know the region."""

@@ -380,3 +380,24 @@ def test_secret_version_repr_hides_the_value() -> None:
     assert "CANARY" not in repr(version)
     assert VERSION in repr(version)
 
+
+
+def test_partition_of_a_region_is_worked_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It is asked for every AccessDenied on every refresh: one botocore session, not one each."""
+    from sidecar import clients, source
+
+    made: list[object] = []
+    real = clients.new_session
+
+    def counted(**kwargs: Any) -> Any:
+        made.append(kwargs)
+        return real(**kwargs)
+
+    source.partition.cache_clear()
+    monkeypatch.setattr(clients, "new_session", counted)
+    try:
+        assert [source.partition("cn-north-1") for _ in range(3)] == ["aws-cn"] * 3
+        assert source.arn("secretsmanager", "cn-north-1", "1", "secret:x").startswith("arn:aws-cn:")
+    finally:
+        source.partition.cache_clear()
+    assert len(made) == 1
