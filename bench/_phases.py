@@ -88,8 +88,8 @@ def _timed(module: Any, name: str, label: str) -> None:
     setattr(module, name, wrapper)
 
 
-class _ExecError(Exception):
-    pass
+class _ExecError(BaseException):
+    """Stands for the exec: a BaseException, so cli.main's catch-all cannot turn it into exit 70."""
 
 
 def ztr(flags: set[str]) -> None:
@@ -121,11 +121,12 @@ def ztr(flags: set[str]) -> None:
     stderr = os.dup(2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     try:
-        cli.main(["run", "--once", "--preset", "zero-to-running", "--", "true"])
+        code = cli.main(["run", "--once", "--preset", "zero-to-running", "--", "true"])
     except _ExecError:
-        pass
+        return
     finally:
         os.dup2(stderr, 2)
+    raise SystemExit(f"ztr run --once exited {code} before its exec: the phases are incomplete")
 
 
 def boto3_script(flags: set[str]) -> None:
