@@ -20,7 +20,7 @@ def test_startup_sigterm_during_successful_load_starts_nothing(
     mode: str, sm: Any, ztr_env: dict[str, str], fault_proxy: FaultProxy, shm: Path
 ) -> None:
     sm.create_secret(Name="s/db", SecretString="v1")
-    fault_proxy.latency_seconds = 1.0  # the load is in flight when SIGTERM lands, then succeeds
+    fault_proxy.latency_seconds = 5.0  # the load is in flight when SIGTERM lands, then succeeds
     env = dict(ztr_env, AWS_ENDPOINT_URL_SECRETS_MANAGER=fault_proxy.url)
     out = shm / "app.env"
     common = ["--secret", "DB=s/db", "--output", str(out), "--timeout", "10s"]
@@ -31,11 +31,12 @@ def test_startup_sigterm_during_successful_load_starts_nothing(
                 "--", "sh", "-c", "echo app-started"]
     proc = Proc(argv, env)
     proc.wait_log("Loading secrets from AWS Secrets Manager")
+    proc.wait_until(lambda: fault_proxy.calls() >= 1, what="the load's request at the proxy")
     sent = time.monotonic()
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 128 + signal.SIGTERM
-    # The load (1 s of latency, then a success) was abandoned, not waited for.
-    assert time.monotonic() - sent < fault_proxy.latency_seconds
+    # The load (5 s of latency, then a success) was abandoned, not waited for.
+    assert time.monotonic() - sent < 2.0
     assert proc.count_log("Stopped during start-up: nothing was started") == 1
     assert "app-started" not in proc.stdout
     assert not out.exists()

@@ -30,13 +30,9 @@ from sidecar.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ECS_DIR = ROOT / "ecs"
-TASK_DEFINITIONS = ("fargate-init.json", "ec2-init.json", "exec-wrapper.json")
-# Push rotation (issue 12): exec-wrapper.json plus ZTR_EVENTS_TOPIC. It joins the task definitions,
-# and so every check, once ztr's parser knows the variable.
+# Push rotation: exec-wrapper.json plus ZTR_EVENTS_TOPIC, under every check like the others.
 EVENTS_TASK_DEFINITION = "exec-wrapper-events.json"
-EVENTS_WIRED = "ZTR_EVENTS_TOPIC" in ztr_config.ENV_VARS
-if EVENTS_WIRED:
-    TASK_DEFINITIONS += (EVENTS_TASK_DEFINITION,)
+TASK_DEFINITIONS = ("fargate-init.json", "ec2-init.json", "exec-wrapper.json", EVENTS_TASK_DEFINITION)
 POLICY_FILE = ECS_DIR / "iam-policy.json"
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -808,15 +804,11 @@ def test_events_task_definition_is_exec_wrapper_plus_events_variables() -> None:
     assert events == plain
 
 
-def test_events_task_definition_checks_pass_but_for_the_unwired_variable() -> None:
+def test_events_task_definition_checks_pass() -> None:
     from sidecar.events import validate_topic_arn
 
     td = load(EVENTS_TASK_DEFINITION)
     assert shape_problems(td) + enum_problems(td) + rule_problems(td) == []
     topic = env_of(containers_of(td)["app"])["ZTR_EVENTS_TOPIC"]
     assert validate_topic_arn(topic) == topic
-    found = ztr_problems(td)
-    if EVENTS_WIRED:
-        assert found == []
-    else:
-        assert found == ["app: ZTR_EVENTS_TOPIC is not a ztr variable (known: config.ENV_VARS)"]
+    assert ztr_problems(td) == []

@@ -38,12 +38,9 @@ BUNDLES: dict[str, tuple[Path, tuple[Path, ...]]] = {
     "init-container": (K8S_DIR / "variants" / "init-container", ()),
     "exec-wrapper": (K8S_DIR / "variants" / "exec-wrapper", ()),
 }
-# Push rotation (issue 12): the native sidecar plus ZTR_EVENTS_TOPIC. It joins the bundles, and so
-# every semantic check, once ztr's parser knows the variable.
+# Push rotation: the native sidecar plus ZTR_EVENTS_TOPIC, under every semantic check.
 EVENTS_VARIANT = K8S_DIR / "variants" / "events"
-EVENTS_WIRED = "ZTR_EVENTS_TOPIC" in ztr_config.ENV_VARS
-if EVENTS_WIRED:
-    BUNDLES["native-sidecar-events"] = (EVENTS_VARIANT, ())
+BUNDLES["native-sidecar-events"] = (EVENTS_VARIANT, ())
 MIN_KUBERNETES = "1.29.0"  # native sidecars are on by default from 1.29
 KUBERNETES_VERSIONS = (MIN_KUBERNETES, kubernetes_validate_utils.latest_version())
 KUSTOMIZE_KINDS = frozenset({"Kustomization", "Component"})
@@ -1028,10 +1025,5 @@ def test_events_variant_topic_is_a_topic_arn() -> None:
     assert validate_topic_arn(topic) == topic
 
 
-def test_events_variant_semantic_checks_pass_but_for_the_unwired_variable() -> None:
-    found = problems(bundle_docs(EVENTS_VARIANT))
-    if EVENTS_WIRED:
-        assert found == []
-    else:
-        assert len(found) == 1, found
-        assert "ZTR_EVENTS_TOPIC is not a ztr variable" in found[0]
+def test_events_variant_semantic_checks_pass() -> None:
+    assert problems(bundle_docs(EVENTS_VARIANT)) == []
