@@ -19,6 +19,10 @@ JITTER_LOW = 0.8  # each wait is interval x U(0.8, 1.0): never later than the in
 MAX_WAIT_SECONDS = 3600.0  # one wait call at most; Event.wait overflows on huge timeouts
 FAILURE_BACKOFF_SECONDS = 5.0  # first retry after a failed cycle; doubles up to the interval
 MAX_HINTED = 10_000  # secret ids queued by events between two cycles; more means "check all"
+# Event-driven checks come at most this often, and after one that failed no sooner than the first
+# failure backoff: a stream of events about a secret that cannot be read costs a call every 5 s,
+# not one per event. Events arriving meanwhile are pooled into the next check.
+HINT_SPACING_SECONDS = 1.0
 
 
 @dataclass
@@ -97,6 +101,7 @@ class Watcher:
         self._wake = threading.Event()
         self._requests: deque[_Request] = deque()
         self._hinted: set[str] | None = set()  # None: more than MAX_HINTED, check everything
+        self._hints_due = 0.0  # no hinted check before this time
         self.alive = True
 
     @property
@@ -137,6 +142,9 @@ class Watcher:
             next_check = self.clock() + self._next_wait()
             while not self.stop.is_set():
                 due = next_check
+                with self._lock:
+                    if self._hinted:
+                        due = min(due, self._hints_due)
                 if self.reactor is not None and self.reactor.due_at is not None:
                     due = min(due, self.reactor.due_at)
                 self._wake.wait(min(max(0.0, due - self.clock()), MAX_WAIT_SECONDS))
@@ -159,7 +167,9 @@ class Watcher:
             requests = list(self._requests)
             self._requests.clear()
             hinted, self._hinted = self._hinted, set()
-        scheduled = bool(requests) or self.clock() >= next_check or hinted is None
+            scheduled = bool(requests) or self.clock() >= next_check or hinted is None
+            if hinted and not scheduled and self.clock() < self._hints_due:
+                self._hinted, hinted = hinted, set()  # too soon: pooled for the next check
         try:
             if scheduled:
                 outcome = self.cycle()
@@ -167,7 +177,9 @@ class Watcher:
                     request.outcome = outcome
                     request.done.set()
             elif hinted:
-                self.cycle(only=hinted)
+                outcome = self.cycle(only=hinted)
+                spacing = HINT_SPACING_SECONDS if outcome.ok else FAILURE_BACKOFF_SECONDS
+                self._hints_due = self.clock() + spacing
             if self.reactor is not None:
                 self.reactor.run_due(self.snapshot)
         except Exception as exc:  # noqa: BLE001 - nothing may end the loop

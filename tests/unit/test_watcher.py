@@ -23,7 +23,14 @@ from sidecar.errors import (
 from sidecar.loader import Loader, Snapshot
 from sidecar.reactor import Reactor
 from sidecar.retry import RetryPolicy
-from sidecar.watcher import FAILURE_BACKOFF_SECONDS, JITTER_LOW, Outcome, UpdateHook, Watcher
+from sidecar.watcher import (
+    FAILURE_BACKOFF_SECONDS,
+    HINT_SPACING_SECONDS,
+    JITTER_LOW,
+    Outcome,
+    UpdateHook,
+    Watcher,
+)
 from tests.fakes import FakeClock, FakeSecretsManager
 
 INTERVAL = 60.0
@@ -158,6 +165,36 @@ def test_watcher_hint_checks_only_the_named_secrets_at_once(fake: FakeSecretsMan
         assert fake.count("DescribeSecret", "app/b") == 0
         assert watcher.snapshot.values == {"A": "alpha-2", "B": "bravo-1"}
 
+
+
+def test_watcher_events_about_a_failing_secret_cost_one_check_per_backoff(
+        fake: FakeSecretsManager) -> None:
+    """A stream of events about a secret that cannot be read: one DescribeSecret, then the next
+    only after the failure backoff, not one per event."""
+    stepper = LoopStepper(fake.clock)
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"], reactor=stepper)
+    fake.fail("app/a", AccessDeniedError("app/a: access denied"))
+    with running(watcher, stepper):
+        for _ in range(20):
+            stepper.step(lambda: watcher.hint(["app/a"]))
+        assert fake.count("DescribeSecret", "app/a") == 1
+        stepper.step(lambda: fake.clock.advance(FAILURE_BACKOFF_SECONDS))
+        assert fake.count("DescribeSecret", "app/a") == 2
+
+
+def test_watcher_events_close_together_are_pooled_into_the_next_check(
+        fake: FakeSecretsManager) -> None:
+    stepper = LoopStepper(fake.clock)
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b"], reactor=stepper)
+    fake.put("app/b", "bravo-2")
+    with running(watcher, stepper):
+        stepper.step(lambda: watcher.hint(["app/a"]))
+        stepper.step(lambda: watcher.hint(["app/b"]))
+        assert fake.count("DescribeSecret", "app/b") == 0  # within HINT_SPACING_SECONDS
+        stepper.step(lambda: fake.clock.advance(HINT_SPACING_SECONDS))
+        assert fake.count("DescribeSecret", "app/b") == 1
+        assert fake.count("DescribeSecret", "app/a") == 1
+        assert watcher.snapshot.values["B"] == "bravo-2"
 
 # -- one cycle at a time ---------------------------------------------------------------------
 
