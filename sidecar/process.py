@@ -63,17 +63,28 @@ def resolve_command(argv0: str, env: Mapping[str, str]) -> str:
     raise SpawnError(f"{argv0}: command not found in PATH", EXIT_NOT_FOUND)
 
 
-def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
-    """Replace this process with ``argv`` (the --once mode): same PID, default signals."""
-    executable = resolve_command(argv[0], env)
+def default_signals() -> None:
+    """Every catchable signal back to its default action and none blocked, right before an exec:
+    CPython ignores SIGPIPE, and an exec would otherwise pass that and the mask on."""
     for signum in ALL_SIGNALS:
         with contextlib.suppress(OSError, ValueError):
             signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def cannot_execute(argv0: str, error: int) -> SpawnError:
+    """A failed exec as a shell reports it: 127 if the file is not there, else 126."""
+    code = EXIT_NOT_FOUND if error == errno.ENOENT else EXIT_NOT_EXECUTABLE
+    return SpawnError(f"{argv0}: cannot execute ({os.strerror(error)})", code)
+
+
+def exec_replace(argv: Sequence[str], env: Mapping[str, str]) -> None:
+    """Replace this process with ``argv`` (the --once mode): same PID, default signals."""
+    executable = resolve_command(argv[0], env)
+    default_signals()
     sys.stdout.flush()
     sys.stderr.flush()
     try:
         os.execve(executable, list(argv), dict(env))  # noqa: S606 - replacing ztr is the point
     except OSError as exc:
-        code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        raise SpawnError(f"{argv[0]}: cannot execute ({exc.strerror})", code) from exc
+        raise cannot_execute(argv[0], exc.errno or errno.EIO) from exc

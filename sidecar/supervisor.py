@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, SpawnError
-from .process import ALL_SIGNALS, become_subreaper, resolve_command
+from .process import ALL_SIGNALS, become_subreaper, cannot_execute, default_signals, resolve_command
 from .signals import JOB_CONTROL, STOPPING, SignalInbox
 from .signals import name as signal_name
 
@@ -62,8 +62,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], *, quiet: bool = False) -
     except PermissionError as exc:
         raise SpawnError(f"{argv[0]}: not executable ({exc.strerror})", EXIT_NOT_EXECUTABLE) from exc
     except OSError as exc:
-        code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        raise SpawnError(f"{argv[0]}: cannot execute ({exc.strerror})", code) from exc
+        raise cannot_execute(argv[0], exc.errno or errno.EIO) from exc
 
 
 def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> int:
@@ -86,10 +85,7 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
                 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
                 os.tcsetpgrp(tty, os.getpid())
                 signal.set_wakeup_fd(-1)
-                for signum in ALL_SIGNALS:
-                    with contextlib.suppress(OSError, ValueError):
-                        signal.signal(signum, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, ())
+                default_signals()
                 os.execve(executable, list(argv), dict(env))  # noqa: S606
             except OSError as exc:
                 os.write(report_w, str(exc.errno or 0).encode())
@@ -110,9 +106,7 @@ def spawn_foreground(argv: Sequence[str], env: Mapping[str, str], tty: int) -> i
         os.close(report_r)
     if report:
         os.waitpid(pid, 0)
-        error = int(report or b"0")
-        code = EXIT_NOT_FOUND if error == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        raise SpawnError(f"{argv[0]}: cannot execute ({os.strerror(error)})", code)
+        raise cannot_execute(argv[0], int(report) or errno.EIO)
     return pid
 
 
