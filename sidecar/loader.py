@@ -289,18 +289,29 @@ class Loader:
                 known = versions[key]
                 if current != (known.version_id if known else None):
                     moved[key] = current
+        fetched: dict[FetchKey, SecretVersion] = {}
         for key, version_id in moved.items():
             # Fetch exactly the version DescribeSecret named (no race with a later move). A stage
             # that vanished is fetched by stage, so its error is the one a start-up load gives.
             exact = FetchKey(key.secret_id, None, version_id) if version_id else key
             try:
-                fetched = self.retry.call(partial(self.source.get_one, exact), deadline)
-                candidate = {**versions, key: fetched}
-                Snapshot.build(bindings, candidate)  # this value fits its references
+                fetched[key] = self.retry.call(partial(self.source.get_one, exact), deadline)
             except ZtrError as exc:
                 lost(key, exc)
-                continue
-            versions = candidate
+        # Every new value must fit its references (JSON keys, no collisions). One build checks
+        # them all; only when that fails is each tried alone, so one bad value stays apart.
+        try:
+            Snapshot.build(bindings, {**versions, **fetched})
+            versions.update(fetched)
+        except ZtrError:
+            for key, version in fetched.items():
+                candidate = {**versions, key: version}
+                try:
+                    Snapshot.build(bindings, candidate)
+                except ZtrError as exc:
+                    lost(key, exc)
+                    continue
+                versions = candidate
         # A secret found by --prefix (at start or through an event) that is gone is forgotten:
         # no DescribeSecret of a name that does not exist on every later cycle. One an event
         # named that could not be read yet (denied, throttled) is kept and checked again, like

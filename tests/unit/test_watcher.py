@@ -444,3 +444,38 @@ def test_watcher_unreadable_new_prefix_secrets_kept_are_bounded(
     watcher.cycle(only=names)
     kept = {key.secret_id for key in watcher.snapshot.versions} - {"app/a", "app/b"}
     assert len(kept) == 2
+
+
+def test_watcher_many_secrets_moving_at_once_are_checked_in_one_build(
+        fake: FakeSecretsManager, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk rotation: the new values are checked against their references together, not by
+    rebuilding the whole snapshot once per moved secret (quadratic in the secrets)."""
+    names = [f"app/s{i}" for i in range(50)]
+    for name in names:
+        fake.create(name, "v1")
+    watcher = make_watcher(fake, [f"S{i}={name}" for i, name in enumerate(names)])
+    for name in names:
+        fake.put(name, "v2")
+    builds: list[int] = []
+    real = Snapshot.build.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Snapshot], *args: object) -> Snapshot:
+        builds.append(1)
+        return real(cls, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Snapshot, "build", classmethod(counted))
+    outcome = watcher.cycle()
+    assert len(outcome.changed) == 50
+    assert len(builds) <= 2
+
+
+def test_watcher_one_value_that_does_not_fit_stays_apart_in_a_bulk_move(
+        fake: FakeSecretsManager) -> None:
+    fake.create("app/json", '{"user": "u1"}')
+    watcher = make_watcher(fake, ["A=app/a", "B=app/b", "USER=app/json#user"])
+    fake.put("app/a", "alpha-2")
+    fake.put("app/json", "not json")
+    outcome = watcher.cycle()
+    assert outcome.changed == ["A"]
+    assert set(outcome.failed) == {"app/json"}
+    assert watcher.snapshot.values["USER"] == "u1"
