@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 LOGGER_NAME = "ztr"
@@ -30,7 +30,7 @@ def _plain(value: Any) -> Any:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return type(value)(_plain(item) for item in value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a MappingProxyType too: redaction only descends into dicts
         return {key: _plain(item) for key, item in value.items()}
     return value
 

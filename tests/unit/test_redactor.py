@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -136,3 +137,16 @@ def test_a_record_logged_as_a_field_shows_its_repr_not_its_value(fmt: str) -> No
         line = json.loads(text)
         assert line["version"] == repr(version)
         assert line["nested"] == [{"v": repr(version)}]
+
+
+def test_redactor_reaches_values_in_a_read_only_mapping_field() -> None:
+    stream = io.StringIO()
+    saved = (list(logs.log.handlers), logs.log.level, logs.log.propagate)
+    try:
+        redactor = logs.setup("json", "info", stream)
+        redactor.update(["hunter22"])
+        logs.info("loaded", detail=MappingProxyType({"value": "hunter22"}))
+    finally:
+        logs.log.handlers[:], logs.log.level, logs.log.propagate = saved
+    assert "hunter22" not in stream.getvalue()
+    assert json.loads(stream.getvalue())["detail"] == {"value": REDACTED}
