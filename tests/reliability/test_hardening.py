@@ -239,8 +239,8 @@ def test_run_app_stays_dumpable_while_ztr_is_not(env_plain: dict[str, str]) -> N
 def test_run_sigterm_right_after_the_load_starts_nothing(
     sm: Any, ztr_env: dict[str, str], shm: Path
 ) -> None:
-    """SIGTERM arriving while outputs are written (here: held in the middle by a slow FIFO-free
-    path: the signal is sent as soon as the load succeeded) ends ztr-run without an app."""
+    """SIGTERM sent as soon as the load succeeded (while outputs are written, or just after) ends
+    ztr-run without an app. The race is retried until the signal wins it once."""
     sm.create_secret(Name="hard/term", SecretString="v")
     marker = shm / "started"
     for attempt in range(20):
@@ -253,7 +253,8 @@ def test_run_sigterm_right_after_the_load_starts_nothing(
         finally:
             proc.stop()
         assert code in (0, 143), code
-        if code == 143 and not marker.exists():
+        if code == 143 and proc.count_log("Started the app") == 0:
+            assert not marker.exists()
             return  # the stop won before the app started: nothing ran
         marker.unlink(missing_ok=True)
     pytest.fail("SIGTERM right after the load never stopped ztr-run before the app")
