@@ -28,7 +28,7 @@ FAKE_CREDENTIALS = {
 # Tests that start real processes (ztr, apps, shells, cfn-lint, kubectl): `make test-fast` leaves
 # them out for the inner loop; `make test` runs everything.
 _PROCESS_DIRS = ("integration", "reliability", "image", "manifests")  # manifests: cfn-lint, kubectl
-_PROCESS_FILES = ("test_supervisor.py", "test_entrypoint.py", "test_readers.py")
+_PROCESS_FILES = ("test_supervisor.py", "test_entrypoint.py", "test_lint_image.py", "test_readers.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

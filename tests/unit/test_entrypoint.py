@@ -1,4 +1,4 @@
-"""The image's entrypoint.sh (dispatch, wait-and-source, exec) and the lint of it and the Dockerfile.
+"""The image's entrypoint.sh (dispatch, wait-and-source, exec); its lint is in test_lint_image.py.
 Every behaviour test runs the script under dash and under bash in POSIX mode."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import threading
@@ -111,30 +110,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     temp.write_bytes(data)
     temp.chmod(0o600)
     os.replace(temp, path)
-
-
-# --- lint ---------------------------------------------------------------------------------------
-
-def test_entrypoint_file_is_executable_posix_sh() -> None:
-    assert ENTRYPOINT.read_text().startswith("#!/bin/sh\n")
-    assert ENTRYPOINT.stat().st_mode & stat.S_IXUSR
-
-
-@pytest.mark.parametrize("script", [ENTRYPOINT, IMAGE_TEST], ids=["entrypoint.sh", "image-run.sh"])
-def test_shellcheck_script_clean(script: Path) -> None:
-    proc = subprocess.run([_tool("shellcheck"), str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_entrypoint_shellcheck_posix_dialect_clean() -> None:
-    proc = subprocess.run([_tool("shellcheck"), "--shell=sh", "--severity=style", str(ENTRYPOINT)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_dockerfile_hadolint_clean() -> None:
-    proc = subprocess.run([_tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --- dispatch -----------------------------------------------------------------------------------
@@ -425,7 +400,7 @@ def test_wait_and_source_any_value_round_trips(fake_bin: Path, tmp_path: Path, v
     env_file = tmp_path / "env-any"
     env_file.write_bytes(render_shell({"V": value}))
     env = _environ(fake_bin, ZTR_WAIT_FOR_FILE=str(env_file))
-    proc = subprocess.run([str(ENTRYPOINT), sys.executable, "-c",
+    proc = subprocess.run([*_entrypoint(), sys.executable, "-c",
                            "import os, sys; sys.stdout.buffer.write(os.environb[b'V'])"],
                           env=env, capture_output=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
