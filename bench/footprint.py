@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from . import harness as h
+from . import startup
 
 SELECTION = "selection"
 OWN_LOADER = "botocore's own loader"
@@ -59,21 +60,15 @@ STOP = "import os; os.execve = lambda *a: os._exit(0); "
 RUN_ZTR = STOP + "import sys; from sidecar.launch import ztr_run; sys.argv[0] = 'ztr-run'; ztr_run()"
 RUN_SCRIPT = STOP + "import sys; p = sys.argv[0] = sys.argv.pop(1); exec(compile(open(p).read(), p, 'exec'))"
 ZTR_ARGS = ["--once", "--preset", "zero-to-running", "--", "/bin/true"]
-ONCE = "ztr-run --once"
-ONCE_OWN = "ztr-run --once, botocore's own loader"
-FLOOR = "floor: ztr's client, one call, exec"
-BOTO3 = "boto3 script"
+# The start-up benchmark's names for the same variants.
+ONCE, ONCE_OWN, FLOOR, BOTO3 = (startup.ONCE, startup.ONCE_OWN_LOADER, startup.FLOOR_CLIENT,
+                                startup.BOTO3)
 COUNTED = (ONCE, ONCE_OWN, FLOOR, BOTO3)
-
-
-def _own_loader(env: dict[str, str]) -> dict[str, str]:
-    h.EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
-    return {**env, "AWS_DATA_PATH": str(h.EMPTY_DATA_PATH)}
 
 
 def ladder(env: dict[str, str], runs: int = 3) -> dict[str, list[tuple[str, float]]]:
     out = {}
-    for mode, mode_env in ((SELECTION, env), (OWN_LOADER, _own_loader(env))):
+    for mode, mode_env in ((SELECTION, env), (OWN_LOADER, h.own_loader_env(env))):
         samples = []
         for _ in range(runs + 1):  # the first run compiles bytecode and warms the page cache
             proc = subprocess.run([h.PYTHON, "-c", LADDER], env=mode_env, capture_output=True,
@@ -94,7 +89,7 @@ def instructions(env: dict[str, str]) -> dict[str, float] | None:
         return None
     argvs = {
         ONCE: ([h.PYTHON, "-c", RUN_ZTR, *ZTR_ARGS], env),
-        ONCE_OWN: ([h.PYTHON, "-c", RUN_ZTR, *ZTR_ARGS], _own_loader(env)),
+        ONCE_OWN: ([h.PYTHON, "-c", RUN_ZTR, *ZTR_ARGS], h.own_loader_env(env)),
         FLOOR: ([h.PYTHON, "-c", RUN_SCRIPT, str(h.HANDWRITTEN / "botocore_floor.py"), "/bin/true"],
                 env),
         BOTO3: ([h.PYTHON, "-c", RUN_SCRIPT, str(h.HANDWRITTEN / "boto3_entrypoint.py"), "/bin/true"],

@@ -108,6 +108,13 @@ def env_for(endpoint: str, **extra: str) -> dict[str, str]:
     return env
 
 
+
+def own_loader_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with an (empty) AWS_DATA_PATH: ztr then leaves its sessions on botocore's own
+    loader over all of botocore/data, as before issue 13."""
+    EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
+    return {**env, "AWS_DATA_PATH": str(EMPTY_DATA_PATH)}
+
 @contextmanager
 def fault_proxy(endpoint: str) -> Iterator[Any]:
     """The tests' FaultProxy (tests/helpers/faultproxy.py) in front of ``endpoint``: it counts

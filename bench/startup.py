@@ -43,12 +43,7 @@ def commands(aws_bin: str) -> dict[str, list[str]]:
 
 
 def variant_env(name: str, env: dict[str, str]) -> dict[str, str]:
-    """``env``, and for the own-loader variant an (empty) AWS_DATA_PATH: ztr then leaves the
-    session on botocore's own loader over all of botocore/data, as before issue 13."""
-    if name != ONCE_OWN_LOADER:
-        return env
-    h.EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
-    return {**env, "AWS_DATA_PATH": str(h.EMPTY_DATA_PATH)}
+    return h.own_loader_env(env) if name == ONCE_OWN_LOADER else env
 
 
 def _verify(argv: list[str], env: dict[str, str], name: str) -> None:

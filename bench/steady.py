@@ -150,12 +150,9 @@ def run(cycles: int = 1000, every: int = 20, heap_cycles: int = 3000) -> dict[st
         with h.fault_proxy(endpoint) as proxy:
             env = h.env_for(proxy.url)
             for variant in VARIANTS:
-                own = {}
-                if variant in OWN_LOADER:  # an AWS_DATA_PATH keeps botocore's own loader
-                    h.EMPTY_DATA_PATH.mkdir(parents=True, exist_ok=True)
-                    own = {"AWS_DATA_PATH": str(h.EMPTY_DATA_PATH)}
-                results[variant] = _measure(variant, {**env, **own}, proxy, str(tmp / "watch.env"),
-                                            cycles, every)
+                run_env = h.own_loader_env(env) if variant in OWN_LOADER else env
+                results[variant] = _measure(variant, run_env, proxy, str(tmp / "watch.env"), cycles,
+                                            every)
         heap_result = heap(endpoint, heap_cycles // 2, heap_cycles)
         heap_result["bare"] = heap(endpoint, heap_cycles // 2, heap_cycles, mode="bare")
     loads.append(h.loadavg())
